@@ -1,0 +1,1 @@
+//! patron-clv
