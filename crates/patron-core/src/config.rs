@@ -1,0 +1,406 @@
+//! The configuration model: every section and key of DESIGN.md, with defaults.
+//!
+//! These are plain serde structs. Loading (file, then `PATRON__SECTION__KEY` environment
+//! overrides) happens in the binary; this module only says what a valid config is. Every struct
+//! denies unknown fields so a typo is an error that names the key, not a silent default.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::money::Money;
+use crate::rfm::{RfmMap, RfmRule};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PatronConfig {
+    pub store: StoreConfig,
+    pub source: SourceConfig,
+    pub checkpoint: CheckpointConfig,
+    pub ingest: IngestConfig,
+    pub money: MoneyConfig,
+    pub scoring: ScoringConfig,
+    pub clv: ClvConfig,
+    pub engagement: EngagementConfig,
+    pub kpi: KpiConfig,
+    pub api: ApiConfig,
+    pub offers: OffersSection,
+    pub rfm: RfmConfig,
+    pub segments: Vec<SegmentConfig>,
+    pub objectives: Vec<ObjectiveConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Path of the redb file.
+    pub path: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: "patron.redb".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Embedded,
+    Kafka,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    pub brokers: String,
+    pub topic: String,
+    pub group_id: String,
+    pub dlq_topic: String,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self {
+            kind: SourceKind::Embedded,
+            brokers: String::new(),
+            topic: "patron.events".into(),
+            group_id: "patron".into(),
+            dlq_topic: "patron.dead-letters".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckpointConfig {
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    pub max_events: u64,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            max_events: 200_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    pub max_event_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_event_bytes: 64 * 1024,
+            max_future_skew: Duration::from_secs(24 * 3600),
+            dedup_window: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MoneyConfig {
+    pub base_currency: String,
+    /// Units of base currency per unit of the keyed currency.
+    pub fx_rates: BTreeMap<String, f64>,
+    pub max_amount: f64,
+}
+
+impl Default for MoneyConfig {
+    fn default() -> Self {
+        Self {
+            base_currency: "USD".into(),
+            fx_rates: BTreeMap::new(),
+            max_amount: 1_000_000.0,
+        }
+    }
+}
+
+impl MoneyConfig {
+    pub fn max_amount_money(&self) -> Money {
+        Money::from_f64(self.max_amount).unwrap_or(Money::MAX)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Clock {
+    #[default]
+    Event,
+    Wall,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScoringConfig {
+    pub clock: Clock,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeUnit {
+    Day,
+    #[default]
+    Week,
+}
+
+impl TimeUnit {
+    pub fn days(self) -> f64 {
+        match self {
+            TimeUnit::Day => 1.0,
+            TimeUnit::Week => 7.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClvConfig {
+    pub time_unit: TimeUnit,
+    #[serde(with = "humantime_serde")]
+    pub horizon: Duration,
+    pub margin: f64,
+    pub discount_rate: f64,
+    #[serde(with = "humantime_serde")]
+    pub refit_interval: Duration,
+}
+
+impl Default for ClvConfig {
+    fn default() -> Self {
+        Self {
+            time_unit: TimeUnit::Week,
+            horizon: Duration::from_secs(365 * 24 * 3600),
+            margin: 0.3,
+            discount_rate: 0.1,
+            refit_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngagementConfig {
+    #[serde(with = "humantime_serde")]
+    pub half_life: Duration,
+    pub top_categories: usize,
+}
+
+impl Default for EngagementConfig {
+    fn default() -> Self {
+        Self {
+            half_life: Duration::from_secs(14 * 24 * 3600),
+            top_categories: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KpiConfig {
+    #[serde(with = "humantime_serde")]
+    pub active_window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for KpiConfig {
+    fn default() -> Self {
+        Self {
+            active_window: Duration::from_secs(90 * 24 * 3600),
+            refresh_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Reader,
+    Marketing,
+    Admin,
+    Ingest,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub name: String,
+    pub role: Role,
+    /// Hex SHA-256 of the key; the key itself is never stored.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen: String,
+    pub max_body_bytes: usize,
+    pub max_batch: usize,
+    pub metrics_key: Option<String>,
+    pub keys: Vec<ApiKeyConfig>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 1024 * 1024,
+            max_batch: 1000,
+            metrics_key: None,
+            keys: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Exploration {
+    #[default]
+    Thompson,
+    Greedy,
+}
+
+/// DESIGN.md names both `[offers] exploration` and a `[[offers]]` catalog, but TOML cannot hold
+/// a table and an array of tables under one name. Either form is accepted: a bare `[[offers]]`
+/// array (exploration stays at its default, or `PATRON__OFFERS__EXPLORATION` is not usable), or a
+/// table `[offers] exploration = ...` with the catalog in `[[offers.catalog]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OffersSection {
+    Catalog(Vec<OfferConfig>),
+    Table(OffersTable),
+}
+
+impl Default for OffersSection {
+    fn default() -> Self {
+        OffersSection::Table(OffersTable::default())
+    }
+}
+
+impl OffersSection {
+    pub fn exploration(&self) -> Exploration {
+        match self {
+            OffersSection::Catalog(_) => Exploration::default(),
+            OffersSection::Table(t) => t.exploration,
+        }
+    }
+
+    pub fn catalog(&self) -> &[OfferConfig] {
+        match self {
+            OffersSection::Catalog(c) => c,
+            OffersSection::Table(t) => &t.catalog,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OffersTable {
+    pub exploration: Exploration,
+    pub catalog: Vec<OfferConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfferConfig {
+    pub id: String,
+    pub name: String,
+    #[serde(default = "default_true_predicate")]
+    pub eligible: String,
+    pub value: f64,
+    #[serde(default)]
+    pub cost: f64,
+    #[serde(default)]
+    pub channels: Vec<String>,
+    #[serde(default)]
+    pub category: Option<String>,
+    #[serde(default)]
+    pub max_impressions: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub window: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub cooldown_after_decline: Option<Duration>,
+    #[serde(default)]
+    pub starts: Option<String>,
+    #[serde(default)]
+    pub ends: Option<String>,
+    #[serde(default)]
+    pub holdout: f64,
+}
+
+fn default_true_predicate() -> String {
+    "true".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RfmConfig {
+    /// Replaces the default segment map when non-empty.
+    pub map: Vec<RfmRule>,
+}
+
+impl Default for RfmConfig {
+    fn default() -> Self {
+        Self { map: Vec::new() }
+    }
+}
+
+impl RfmConfig {
+    pub fn segment_map(&self) -> RfmMap {
+        if self.map.is_empty() {
+            RfmMap::default()
+        } else {
+            RfmMap::new(self.map.clone())
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentConfig {
+    pub name: String,
+    /// A SQL predicate over the `customers` table.
+    #[serde(rename = "where")]
+    pub predicate: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectiveConfig {
+    pub name: String,
+    pub kpi: String,
+    pub baseline: f64,
+    /// An absolute value (`0.2`) or a relative change (`"-25%"`).
+    pub target: toml_like::NumberOrString,
+    pub deadline: String,
+    #[serde(default)]
+    pub start: Option<String>,
+}
+
+/// Small helper types for keys that accept either a number or a string.
+pub mod toml_like {
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(untagged)]
+    pub enum NumberOrString {
+        Number(f64),
+        Text(String),
+    }
+}

@@ -1,0 +1,498 @@
+//! The SQL tables, derived from one read snapshot as of one instant.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Date32Builder, Float64Array, Float64Builder,
+    Int64Builder, ListBuilder, RecordBatch, StringBuilder, UInt8Builder,
+};
+use datafusion::arrow::datatypes::{
+    DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimestampMillisecondType,
+};
+use datafusion::common::DFSchema;
+use datafusion::prelude::SessionContext;
+use patron_core::clv::{ClvModel, ClvOptions};
+use patron_core::config::{Clock, PatronConfig, SegmentConfig};
+use patron_core::money::Money;
+use patron_core::rfm::{PROSPECT, RfmDistribution, RfmMap};
+use patron_core::time::{MILLIS_PER_DAY, Millis, now_millis};
+use patron_store::Store;
+use patron_store::scan::{base_batches, timestamp_type};
+
+use crate::{QueryError, Result};
+
+/// What a snapshot is computed against.
+#[derive(Debug, Clone)]
+pub struct SnapshotOptions {
+    /// Overrides the configured clock.
+    pub as_of: Option<Millis>,
+    pub clock: Clock,
+    pub rfm_map: RfmMap,
+    pub segments: Vec<SegmentConfig>,
+    /// The fitted model and scoring options; CLV columns are null without one.
+    pub clv: Option<(ClvModel, ClvOptions)>,
+    pub batch_rows: usize,
+}
+
+impl SnapshotOptions {
+    pub fn from_config(config: &PatronConfig) -> Self {
+        Self {
+            as_of: None,
+            clock: config.scoring.clock,
+            rfm_map: config.rfm.segment_map(),
+            segments: config.segments.clone(),
+            clv: None,
+            batch_rows: 65_536,
+        }
+    }
+}
+
+/// The tables as of `as_of`.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub as_of: Option<Millis>,
+    pub customers: Vec<RecordBatch>,
+    pub segments: RecordBatch,
+    pub kpi_daily: RecordBatch,
+    pub offer_stats: RecordBatch,
+}
+
+pub fn customers_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("customer_id", DataType::Utf8, false),
+        Field::new("first_purchase", timestamp_type(), true),
+        Field::new("last_purchase", timestamp_type(), true),
+        Field::new("frequency", DataType::Int64, false),
+        Field::new("monetary", DataType::Float64, false),
+        Field::new("avg_order_value", DataType::Float64, true),
+        Field::new("recency_days", DataType::Float64, true),
+        Field::new("r_score", DataType::UInt8, true),
+        Field::new("f_score", DataType::UInt8, true),
+        Field::new("m_score", DataType::UInt8, true),
+        Field::new("rfm_segment", DataType::Utf8, false),
+        Field::new("p_alive", DataType::Float64, true),
+        Field::new("expected_purchases", DataType::Float64, true),
+        Field::new("expected_avg_value", DataType::Float64, true),
+        Field::new("clv", DataType::Float64, true),
+        Field::new(
+            "segments",
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            false,
+        ),
+        Field::new("traits", DataType::Utf8, false),
+    ]))
+}
+
+impl Snapshot {
+    /// Reads the store once and derives every table.
+    pub fn build(store: &Store, opts: &SnapshotOptions) -> Result<Self> {
+        let reader = store.reader()?;
+        let counters = reader.counters()?;
+        let as_of = opts.as_of.or(match opts.clock {
+            Clock::Event => counters.as_of,
+            Clock::Wall => Some(now_millis()),
+        });
+        let base = base_batches(&reader, opts.batch_rows)?;
+        let daily = reader.daily_all()?;
+        drop(reader);
+
+        let dist = distribution(&base);
+        let mut customers = Vec::with_capacity(base.len());
+        for b in &base {
+            customers.push(derive(b, &dist, as_of, opts)?);
+        }
+        let customers = add_user_segments(customers, &opts.segments)?;
+        let segments = segments_table(&customers, &opts.rfm_map, &opts.segments)?;
+        Ok(Self {
+            as_of,
+            customers,
+            segments,
+            kpi_daily: kpi_daily_table(&daily)?,
+            offer_stats: offer_stats_table()?,
+        })
+    }
+
+    pub fn customer_count(&self) -> usize {
+        self.customers.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
+fn distribution(base: &[RecordBatch]) -> RfmDistribution {
+    let (mut last, mut freq, mut money) = (Vec::new(), Vec::new(), Vec::new());
+    for b in base {
+        let lp = b
+            .column_by_name("last_purchase")
+            .expect("base column")
+            .as_primitive::<TimestampMillisecondType>();
+        let f = b
+            .column_by_name("frequency")
+            .expect("base column")
+            .as_primitive::<Int64Type>();
+        let m = b
+            .column_by_name("monetary")
+            .expect("base column")
+            .as_primitive::<Float64Type>();
+        for i in 0..b.num_rows() {
+            if f.value(i) >= 1 {
+                last.push(lp.value(i));
+                freq.push(f.value(i) as u32);
+                money.push(Money::from_f64(m.value(i)).unwrap_or_default().0);
+            }
+        }
+    }
+    RfmDistribution::new(last, freq, money)
+}
+
+/// Base columns -> the `customers` columns (without user segments yet).
+fn derive(
+    b: &RecordBatch,
+    dist: &RfmDistribution,
+    as_of: Option<Millis>,
+    opts: &SnapshotOptions,
+) -> Result<RecordBatch> {
+    let n = b.num_rows();
+    let col = |name: &str| b.column_by_name(name).expect("base column").clone();
+    let first = col("first_purchase");
+    let last = col("last_purchase");
+    let lp = last.as_primitive::<TimestampMillisecondType>();
+    let fp = first.as_primitive::<TimestampMillisecondType>();
+    let freq = b
+        .column_by_name("frequency")
+        .expect("base column")
+        .as_primitive::<Int64Type>();
+    let monetary = b
+        .column_by_name("monetary")
+        .expect("base column")
+        .as_primitive::<Float64Type>();
+    let repeat_avg = b
+        .column_by_name("avg_repeat_value")
+        .expect("base column")
+        .as_primitive::<Float64Type>();
+
+    let mut recency = Float64Builder::with_capacity(n);
+    let (mut r, mut f, mut m) = (
+        UInt8Builder::with_capacity(n),
+        UInt8Builder::with_capacity(n),
+        UInt8Builder::with_capacity(n),
+    );
+    let mut seg = StringBuilder::with_capacity(n, n * 12);
+    let (mut p_alive, mut exp_p, mut exp_v, mut clv) = (
+        Float64Builder::with_capacity(n),
+        Float64Builder::with_capacity(n),
+        Float64Builder::with_capacity(n),
+        Float64Builder::with_capacity(n),
+    );
+    for i in 0..n {
+        if freq.value(i) < 1 || lp.is_null(i) {
+            recency.append_null();
+            r.append_null();
+            f.append_null();
+            m.append_null();
+            seg.append_value(PROSPECT);
+            p_alive.append_null();
+            exp_p.append_null();
+            exp_v.append_null();
+            clv.append_null();
+            continue;
+        }
+        let last_ms = lp.value(i);
+        match as_of {
+            Some(t) => recency.append_value((t - last_ms) as f64 / MILLIS_PER_DAY as f64),
+            None => recency.append_null(),
+        }
+        let s = dist.scores(
+            last_ms,
+            freq.value(i) as u32,
+            Money::from_f64(monetary.value(i)).unwrap_or_default(),
+        );
+        r.append_value(s.r);
+        f.append_value(s.f);
+        m.append_value(s.m);
+        seg.append_value(opts.rfm_map.segment(s.r, s.f));
+        match (&opts.clv, as_of) {
+            (Some((model, copts)), Some(t)) => {
+                let unit = |ms: i64| ms as f64 / MILLIS_PER_DAY as f64 / copts.time_unit_days;
+                let first_ms = fp.value(i);
+                let x = (freq.value(i) - 1) as f64;
+                let mean = if repeat_avg.is_null(i) {
+                    0.0
+                } else {
+                    repeat_avg.value(i)
+                };
+                let v = model.score(
+                    x,
+                    unit(last_ms - first_ms),
+                    unit((t - first_ms).max(0)),
+                    mean,
+                    copts,
+                );
+                p_alive.append_value(v.p_alive);
+                exp_p.append_value(v.expected_purchases);
+                exp_v.append_value(v.expected_avg_value);
+                clv.append_value(v.clv);
+            }
+            _ => {
+                p_alive.append_null();
+                exp_p.append_null();
+                exp_v.append_null();
+                clv.append_null();
+            }
+        }
+    }
+    let empty_lists = {
+        let mut lb = ListBuilder::new(StringBuilder::new());
+        for _ in 0..n {
+            lb.append(true);
+        }
+        lb.finish()
+    };
+    let columns: Vec<ArrayRef> = vec![
+        col("customer_id"),
+        first,
+        last.clone(),
+        col("frequency"),
+        col("monetary"),
+        col("avg_order_value"),
+        Arc::new(recency.finish()),
+        Arc::new(r.finish()),
+        Arc::new(f.finish()),
+        Arc::new(m.finish()),
+        Arc::new(seg.finish()),
+        Arc::new(p_alive.finish()),
+        Arc::new(exp_p.finish()),
+        Arc::new(exp_v.finish()),
+        Arc::new(clv.finish()),
+        Arc::new(empty_lists),
+        col("traits"),
+    ];
+    Ok(RecordBatch::try_new(customers_schema(), columns)?)
+}
+
+/// A user-defined segment's predicate compiled once against the `customers` schema.
+pub struct CompiledPredicate {
+    expr: Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+}
+
+impl CompiledPredicate {
+    pub fn compile(sql: &str, schema: &SchemaRef) -> std::result::Result<Self, String> {
+        let ctx = SessionContext::new();
+        let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(|e| e.to_string())?;
+        let expr = ctx
+            .parse_sql_expr(sql, &df_schema)
+            .map_err(|e| e.to_string())?;
+        let phys = ctx
+            .create_physical_expr(expr, &df_schema)
+            .map_err(|e| e.to_string())?;
+        Ok(Self { expr: phys })
+    }
+
+    /// Which rows match; a null result counts as no match.
+    pub fn evaluate(&self, batch: &RecordBatch) -> std::result::Result<BooleanArray, String> {
+        let v = self.expr.evaluate(batch).map_err(|e| e.to_string())?;
+        let arr = v.into_array(batch.num_rows()).map_err(|e| e.to_string())?;
+        arr.as_boolean_opt()
+            .cloned()
+            .ok_or_else(|| format!("predicate is {}, not boolean", arr.data_type()))
+    }
+}
+
+fn add_user_segments(
+    batches: Vec<RecordBatch>,
+    segments: &[SegmentConfig],
+) -> Result<Vec<RecordBatch>> {
+    if segments.is_empty() {
+        return Ok(batches);
+    }
+    let schema = customers_schema();
+    let compiled = segments
+        .iter()
+        .map(|s| {
+            CompiledPredicate::compile(&s.predicate, &schema).map_err(|message| {
+                QueryError::SegmentPredicate {
+                    name: s.name.clone(),
+                    message,
+                }
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let seg_idx = schema.index_of("segments").expect("segments column");
+    batches
+        .into_iter()
+        .map(|b| {
+            let matches = compiled
+                .iter()
+                .zip(segments)
+                .map(|(c, s)| {
+                    c.evaluate(&b)
+                        .map_err(|message| QueryError::SegmentPredicate {
+                            name: s.name.clone(),
+                            message,
+                        })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut lb = ListBuilder::new(StringBuilder::new());
+            for row in 0..b.num_rows() {
+                for (mask, s) in matches.iter().zip(segments) {
+                    if mask.is_valid(row) && mask.value(row) {
+                        lb.values().append_value(&s.name);
+                    }
+                }
+                lb.append(true);
+            }
+            let mut cols = b.columns().to_vec();
+            cols[seg_idx] = Arc::new(lb.finish());
+            Ok(RecordBatch::try_new(schema.clone(), cols)?)
+        })
+        .collect()
+}
+
+fn segments_table(
+    customers: &[RecordBatch],
+    map: &RfmMap,
+    user: &[SegmentConfig],
+) -> Result<RecordBatch> {
+    #[derive(Default)]
+    struct Agg {
+        customers: i64,
+        revenue: f64,
+        clv_sum: f64,
+        clv_n: i64,
+    }
+    let mut aggs: BTreeMap<String, Agg> = BTreeMap::new();
+    let mut order: Vec<String> = map.segment_names();
+    order.extend(user.iter().map(|s| s.name.clone()));
+    for b in customers {
+        let seg = b
+            .column_by_name("rfm_segment")
+            .expect("column")
+            .as_string::<i32>();
+        let money = b
+            .column_by_name("monetary")
+            .expect("column")
+            .as_primitive::<Float64Type>();
+        let clv = b
+            .column_by_name("clv")
+            .expect("column")
+            .as_primitive::<Float64Type>();
+        let lists = b
+            .column_by_name("segments")
+            .expect("column")
+            .as_list::<i32>();
+        for i in 0..b.num_rows() {
+            let mut add = |name: &str| {
+                let a = aggs.entry(name.to_owned()).or_default();
+                a.customers += 1;
+                a.revenue += money.value(i);
+                if clv.is_valid(i) {
+                    a.clv_sum += clv.value(i);
+                    a.clv_n += 1;
+                }
+            };
+            add(seg.value(i));
+            let l = lists.value(i);
+            let names = l.as_string::<i32>();
+            for j in 0..names.len() {
+                add(names.value(j));
+            }
+        }
+    }
+    for name in aggs.keys() {
+        if !order.contains(name) {
+            order.push(name.clone());
+        }
+    }
+    let mut name_b = StringBuilder::new();
+    let mut count_b = Int64Builder::new();
+    let mut rev_b = Float64Builder::new();
+    let mut clv_b = Float64Builder::new();
+    for name in order {
+        let a = aggs.remove(&name).unwrap_or_default();
+        name_b.append_value(&name);
+        count_b.append_value(a.customers);
+        rev_b.append_value(a.revenue);
+        clv_b.append_option((a.clv_n > 0).then(|| a.clv_sum / a.clv_n as f64));
+    }
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("customers", DataType::Int64, false),
+        Field::new("revenue", DataType::Float64, false),
+        Field::new("avg_clv", DataType::Float64, true),
+    ]));
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(name_b.finish()),
+            Arc::new(count_b.finish()),
+            Arc::new(rev_b.finish()),
+            Arc::new(clv_b.finish()),
+        ],
+    )?)
+}
+
+fn kpi_daily_table(daily: &[(i32, patron_store::DailyTotals)]) -> Result<RecordBatch> {
+    let mut day = Date32Builder::new();
+    let ints = [
+        "orders",
+        "refunds",
+        "new_customers",
+        "interactions",
+        "offers_shown",
+        "offers_accepted",
+        "offers_declined",
+    ];
+    let mut int_b: Vec<Int64Builder> = ints.iter().map(|_| Int64Builder::new()).collect();
+    let mut revenue = Float64Builder::new();
+    let mut refunded = Float64Builder::new();
+    for (d, t) in daily {
+        day.append_value(*d);
+        let vals = [
+            t.orders as i64,
+            t.refunds as i64,
+            t.new_customers,
+            t.interactions as i64,
+            t.offers_shown as i64,
+            t.offers_accepted as i64,
+            t.offers_declined as i64,
+        ];
+        for (b, v) in int_b.iter_mut().zip(vals) {
+            b.append_value(v);
+        }
+        revenue.append_value(t.revenue.as_f64());
+        refunded.append_value(t.refunded.as_f64());
+    }
+    let mut fields = vec![Field::new("day", DataType::Date32, false)];
+    let mut cols: Vec<ArrayRef> = vec![Arc::new(day.finish())];
+    fields.push(Field::new("revenue", DataType::Float64, false));
+    cols.push(Arc::new(revenue.finish()));
+    fields.push(Field::new("refunded", DataType::Float64, false));
+    cols.push(Arc::new(refunded.finish()));
+    for (name, mut b) in ints.iter().zip(int_b) {
+        fields.push(Field::new(*name, DataType::Int64, false));
+        cols.push(Arc::new(b.finish()));
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+}
+
+fn offer_stats_table() -> Result<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("offer_id", DataType::Utf8, false),
+        Field::new("rfm_segment", DataType::Utf8, false),
+        Field::new("shown", DataType::Int64, false),
+        Field::new("accepted", DataType::Int64, false),
+        Field::new("declined", DataType::Int64, false),
+    ]));
+    Ok(RecordBatch::new_empty(schema))
+}
+
+/// Convenience for tests and tools: a column of f64 values by name from all batches.
+pub fn f64_column(batches: &[RecordBatch], name: &str) -> Vec<Option<f64>> {
+    let mut out = Vec::new();
+    for b in batches {
+        if let Some(c) = b.column_by_name(name) {
+            let a: &Float64Array = c.as_primitive();
+            out.extend((0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i))));
+        }
+    }
+    out
+}

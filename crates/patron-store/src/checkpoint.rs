@@ -1,0 +1,150 @@
+//! The checkpoint: the one write transaction that makes progress durable.
+//!
+//! Invariant: the state of every profile and the source positions that produced it are
+//! committed together. After a crash the store holds exactly the effects of the events before
+//! the recorded positions, so resuming from them applies every event once.
+
+use std::collections::BTreeMap;
+
+use patron_core::money::Money;
+use patron_core::state::CustomerState;
+use patron_core::time::Millis;
+use redb::Database;
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+use crate::codec;
+use crate::tables::*;
+
+/// A profile to upsert, or to delete when `state` is `None` (merged away, erased).
+#[derive(Debug, Clone)]
+pub struct ProfileWrite {
+    pub customer_id: String,
+    pub scope: u32,
+    pub state: Option<CustomerState>,
+}
+
+/// Where a source has been read up to. `next_offset` is the first record not yet applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourcePosition {
+    /// `kafka:<topic>` or `file:<fingerprint>`.
+    pub source: String,
+    pub partition: u32,
+    pub next_offset: u64,
+    /// Identifies one life of the log (an embedded broker's run, a file's content), so that
+    /// positions from an older log are recognised instead of misread.
+    pub incarnation: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PositionRecord {
+    next_offset: u64,
+    incarnation: String,
+}
+
+/// Cumulative counters since the store was created, committed with the state they describe.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreCounters {
+    pub applied: u64,
+    pub duplicates: u64,
+    pub rejected: BTreeMap<String, u64>,
+    /// The largest event time applied (the event clock).
+    pub as_of: Option<Millis>,
+    /// Length of each file dead-letter sink at this checkpoint, to truncate a torn tail.
+    pub dead_letter_len: BTreeMap<String, u64>,
+}
+
+impl StoreCounters {
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+}
+
+/// Totals of one day of event time, kept incrementally for KPIs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DailyTotals {
+    pub orders: u64,
+    pub revenue: Money,
+    pub refunds: u64,
+    pub refunded: Money,
+    /// Customers whose first purchase falls on this day (may move as late events arrive).
+    pub new_customers: i64,
+    pub interactions: u64,
+    pub offers_shown: u64,
+    pub offers_accepted: u64,
+    pub offers_declined: u64,
+}
+
+/// One atomic unit of progress.
+#[derive(Debug, Clone, Default)]
+pub struct Checkpoint {
+    pub profiles: Vec<ProfileWrite>,
+    /// (merged id, canonical id) links to add.
+    pub aliases: Vec<(String, String)>,
+    /// Absolute totals for each touched day.
+    pub daily: Vec<(i32, DailyTotals)>,
+    pub positions: Vec<SourcePosition>,
+    pub counters: StoreCounters,
+    /// Other named singletons to write (for example a fitted model).
+    pub meta: Vec<(String, Vec<u8>)>,
+}
+
+pub(crate) fn commit(db: &Database, cp: &Checkpoint) -> Result<()> {
+    let txn = db.begin_write()?;
+    {
+        let mut customers = txn.open_table(CUSTOMERS)?;
+        for p in &cp.profiles {
+            match &p.state {
+                Some(state) => {
+                    customers.insert(
+                        p.customer_id.as_str(),
+                        codec::encode_profile(p.scope, state).as_slice(),
+                    )?;
+                }
+                None => {
+                    customers.remove(p.customer_id.as_str())?;
+                }
+            }
+        }
+        let mut aliases = txn.open_table(ALIASES)?;
+        for (from, to) in &cp.aliases {
+            aliases.insert(from.as_str(), to.as_str())?;
+        }
+        let mut daily = txn.open_table(DAILY)?;
+        for (day, totals) in &cp.daily {
+            daily.insert(*day, codec::encode(totals).as_slice())?;
+        }
+        let mut positions = txn.open_table(POSITIONS)?;
+        for p in &cp.positions {
+            let rec = PositionRecord {
+                next_offset: p.next_offset,
+                incarnation: p.incarnation.clone(),
+            };
+            positions.insert(
+                (p.source.as_str(), p.partition),
+                codec::encode(&rec).as_slice(),
+            )?;
+        }
+        let mut meta = txn.open_table(META)?;
+        meta.insert(META_COUNTERS, codec::encode(&cp.counters).as_slice())?;
+        for (k, v) in &cp.meta {
+            meta.insert(k.as_str(), v.as_slice())?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+pub(crate) fn decode_position(
+    source: &str,
+    partition: u32,
+    bytes: &[u8],
+) -> Result<SourcePosition> {
+    let rec: PositionRecord = codec::decode("positions", source, bytes)?;
+    Ok(SourcePosition {
+        source: source.to_owned(),
+        partition,
+        next_offset: rec.next_offset,
+        incarnation: rec.incarnation,
+    })
+}

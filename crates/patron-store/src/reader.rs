@@ -1,0 +1,162 @@
+//! Read snapshots: point lookups that follow aliases, and scans.
+
+use patron_core::state::CustomerState;
+use redb::{ReadTransaction, ReadableTable};
+
+use crate::Result;
+use crate::checkpoint::{DailyTotals, SourcePosition, StoreCounters, decode_position};
+use crate::codec;
+use crate::tables::*;
+
+/// One profile as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredProfile {
+    pub customer_id: String,
+    /// The source partition that owns this profile.
+    pub scope: u32,
+    pub state: CustomerState,
+}
+
+/// A consistent snapshot of the store.
+pub struct StoreReader {
+    txn: ReadTransaction,
+}
+
+/// Alias chains are short in practice; the bound only stops a corrupt cycle.
+const MAX_ALIAS_HOPS: usize = 32;
+
+impl StoreReader {
+    pub(crate) fn new(txn: ReadTransaction) -> Result<Self> {
+        Ok(Self { txn })
+    }
+
+    /// The canonical id `id` resolves to through the alias table (itself when not an alias).
+    pub fn resolve(&self, id: &str) -> Result<String> {
+        let aliases = self.txn.open_table(ALIASES)?;
+        let mut current = id.to_owned();
+        for _ in 0..MAX_ALIAS_HOPS {
+            match aliases.get(current.as_str())? {
+                Some(next) => current = next.value().to_owned(),
+                None => break,
+            }
+        }
+        Ok(current)
+    }
+
+    /// The profile for `id`, following aliases.
+    pub fn profile(&self, id: &str) -> Result<Option<StoredProfile>> {
+        let canonical = self.resolve(id)?;
+        self.profile_exact(&canonical)
+    }
+
+    /// The profile stored under exactly `id`, without alias resolution.
+    pub fn profile_exact(&self, id: &str) -> Result<Option<StoredProfile>> {
+        let customers = self.txn.open_table(CUSTOMERS)?;
+        let Some(v) = customers.get(id)? else {
+            return Ok(None);
+        };
+        let (scope, state) = codec::decode_profile(id, v.value())?;
+        Ok(Some(StoredProfile {
+            customer_id: id.to_owned(),
+            scope,
+            state,
+        }))
+    }
+
+    pub fn profile_count(&self) -> Result<u64> {
+        use redb::ReadableTableMetadata;
+        Ok(self.txn.open_table(CUSTOMERS)?.len()?)
+    }
+
+    /// Calls `f` for every profile in customer-id order.
+    pub fn for_each_profile(&self, mut f: impl FnMut(&str, u32, CustomerState)) -> Result<()> {
+        let customers = self.txn.open_table(CUSTOMERS)?;
+        for entry in customers.iter()? {
+            let (k, v) = entry?;
+            let id = k.value();
+            let (scope, state) = codec::decode_profile(id, v.value())?;
+            f(id, scope, state);
+        }
+        Ok(())
+    }
+
+    /// Profiles with id greater than `after`, at most `limit` of them, for cursor paging.
+    pub fn profiles_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<StoredProfile>> {
+        let customers = self.txn.open_table(CUSTOMERS)?;
+        let iter = match after {
+            Some(a) => customers
+                .range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))?,
+            None => customers.iter()?,
+        };
+        let mut out = Vec::new();
+        for entry in iter.take(limit) {
+            let (k, v) = entry?;
+            let id = k.value();
+            let (scope, state) = codec::decode_profile(id, v.value())?;
+            out.push(StoredProfile {
+                customer_id: id.to_owned(),
+                scope,
+                state,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn counters(&self) -> Result<StoreCounters> {
+        let meta = self.txn.open_table(META)?;
+        match meta.get(META_COUNTERS)? {
+            Some(v) => codec::decode("meta", META_COUNTERS, v.value()),
+            None => Ok(StoreCounters::default()),
+        }
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let meta = self.txn.open_table(META)?;
+        Ok(meta.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn positions(&self) -> Result<Vec<SourcePosition>> {
+        let table = self.txn.open_table(POSITIONS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            let (source, partition) = k.value();
+            out.push(decode_position(source, partition, v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn position(&self, source: &str, partition: u32) -> Result<Option<SourcePosition>> {
+        let table = self.txn.open_table(POSITIONS)?;
+        match table.get((source, partition))? {
+            Some(v) => Ok(Some(decode_position(source, partition, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn daily(&self, day: i32) -> Result<Option<DailyTotals>> {
+        let table = self.txn.open_table(DAILY)?;
+        match table.get(day)? {
+            Some(v) => Ok(Some(codec::decode(
+                "daily_totals",
+                &day.to_string(),
+                v.value(),
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn daily_all(&self) -> Result<Vec<(i32, DailyTotals)>> {
+        let table = self.txn.open_table(DAILY)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            let day = k.value();
+            out.push((
+                day,
+                codec::decode("daily_totals", &day.to_string(), v.value())?,
+            ));
+        }
+        Ok(out)
+    }
+}

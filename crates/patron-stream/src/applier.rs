@@ -1,0 +1,303 @@
+//! The writer side of the pipeline: applies decoded events to cached profiles and commits
+//! checkpoints.
+//!
+//! One `Applier` owns the store's write side and runs on one thread. Reads that miss the cache
+//! go to a read snapshot taken right after the last commit; since every write since then is in
+//! the cache, the two together are the current state.
+
+use std::collections::{HashMap, HashSet};
+
+use patron_core::decode::RejectReason;
+use patron_core::event::{Event, EventBody};
+use patron_core::state::{ApplyContext, ApplyOutcome, CustomerState};
+use patron_core::time::day_index;
+use patron_store::{
+    Checkpoint, DailyTotals, ProfileWrite, SourcePosition, Store, StoreCounters, StoreReader,
+};
+
+use crate::Result;
+
+struct CachedProfile {
+    scope: u32,
+    /// `None` once merged into another profile or erased; deleted at the next checkpoint.
+    state: Option<CustomerState>,
+    dirty: bool,
+}
+
+/// What one checkpoint wrote.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckpointStats {
+    pub profiles: usize,
+    pub duration: std::time::Duration,
+}
+
+pub struct Applier {
+    store: Store,
+    snapshot: StoreReader,
+    ctx: ApplyContext,
+    profiles: HashMap<String, CachedProfile>,
+    /// Links added since the last checkpoint, and resolved look-ups.
+    aliases: HashMap<String, String>,
+    new_aliases: Vec<(String, String)>,
+    daily: HashMap<i32, DailyTotals>,
+    dirty_days: HashSet<i32>,
+    counters: StoreCounters,
+    positions: HashMap<(String, u32), SourcePosition>,
+    uncommitted: u64,
+    /// Profiles kept in memory across checkpoints; above it the cache is dropped after a commit.
+    cache_limit: usize,
+}
+
+impl Applier {
+    pub fn open(store: Store, ctx: ApplyContext) -> Result<Self> {
+        let snapshot = store.reader()?;
+        let counters = snapshot.counters()?;
+        Ok(Self {
+            store,
+            snapshot,
+            ctx,
+            profiles: HashMap::new(),
+            aliases: HashMap::new(),
+            new_aliases: Vec::new(),
+            daily: HashMap::new(),
+            dirty_days: HashSet::new(),
+            counters,
+            positions: HashMap::new(),
+            uncommitted: 0,
+            cache_limit: 500_000,
+        })
+    }
+
+    pub fn with_cache_limit(mut self, limit: usize) -> Self {
+        self.cache_limit = limit;
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn counters(&self) -> &StoreCounters {
+        &self.counters
+    }
+
+    /// Records that have been applied (or rejected) since the last checkpoint.
+    pub fn uncommitted(&self) -> u64 {
+        self.uncommitted
+    }
+
+    /// The committed position of a source partition, as of the last checkpoint or this run.
+    pub fn position(&self, source: &str, partition: u32) -> Result<Option<SourcePosition>> {
+        if let Some(p) = self.positions.get(&(source.to_owned(), partition)) {
+            return Ok(Some(p.clone()));
+        }
+        Ok(self.snapshot.position(source, partition)?)
+    }
+
+    pub fn set_position(&mut self, position: SourcePosition) {
+        self.positions
+            .insert((position.source.clone(), position.partition), position);
+    }
+
+    pub fn set_dead_letter_len(&mut self, sink: &str, len: u64) {
+        self.counters.dead_letter_len.insert(sink.to_owned(), len);
+    }
+
+    pub fn record_rejection(&mut self, reason: RejectReason) {
+        *self
+            .counters
+            .rejected
+            .entry(reason.code().to_owned())
+            .or_default() += 1;
+        self.uncommitted += 1;
+    }
+
+    fn resolve(&mut self, id: &str) -> Result<String> {
+        let mut current = id.to_owned();
+        for _ in 0..32 {
+            if let Some(next) = self.aliases.get(&current) {
+                current = next.clone();
+                continue;
+            }
+            let stored = self.snapshot.resolve(&current)?;
+            if stored == current {
+                break;
+            }
+            self.aliases.insert(current.clone(), stored.clone());
+            current = stored;
+        }
+        Ok(current)
+    }
+
+    fn load(&mut self, id: &str, scope: u32) -> Result<&mut CachedProfile> {
+        if !self.profiles.contains_key(id) {
+            let cached = match self.snapshot.profile_exact(id)? {
+                Some(p) => CachedProfile {
+                    scope: p.scope,
+                    state: Some(p.state),
+                    dirty: false,
+                },
+                None => CachedProfile {
+                    scope,
+                    state: None,
+                    dirty: false,
+                },
+            };
+            self.profiles.insert(id.to_owned(), cached);
+        }
+        Ok(self.profiles.get_mut(id).expect("inserted above"))
+    }
+
+    fn day(&mut self, day: i32) -> Result<&mut DailyTotals> {
+        if !self.daily.contains_key(&day) {
+            let stored = self.snapshot.daily(day)?.unwrap_or_default();
+            self.daily.insert(day, stored);
+        }
+        self.dirty_days.insert(day);
+        Ok(self.daily.get_mut(&day).expect("inserted above"))
+    }
+
+    /// Applies one event from partition `scope`.
+    pub fn apply(&mut self, event: &Event, scope: u32) -> Result<ApplyOutcome> {
+        self.uncommitted += 1;
+        let canonical = self.resolve(event.profile_id())?;
+        let ctx = self.ctx;
+        let entry = self.load(&canonical, scope)?;
+        let state = entry.state.get_or_insert_with(CustomerState::default);
+        let first_before = state.first_purchase;
+        let outcome = state.apply(event, &ctx);
+        let first_after = state.first_purchase;
+        if outcome == ApplyOutcome::Duplicate {
+            self.counters.duplicates += 1;
+            return Ok(outcome);
+        }
+        entry.dirty = true;
+        self.counters.applied += 1;
+        self.counters.as_of = Some(self.counters.as_of.map_or(event.ts, |a| a.max(event.ts)));
+        self.move_first_purchase(first_before, first_after)?;
+        let today = self.day(day_index(event.ts))?;
+        match &event.body {
+            EventBody::Purchase(p) => {
+                today.orders += 1;
+                today.revenue = today.revenue.saturating_add(p.amount);
+            }
+            EventBody::Refund(r) => {
+                today.refunds += 1;
+                today.refunded = today.refunded.saturating_add(r.amount);
+            }
+            EventBody::Interaction(i) => {
+                today.interactions += 1;
+                match i.kind.as_str() {
+                    "offer_shown" => today.offers_shown += 1,
+                    "offer_accepted" => today.offers_accepted += 1,
+                    "offer_declined" => today.offers_declined += 1,
+                    _ => {}
+                }
+            }
+            EventBody::Identify(_) | EventBody::Alias(_) => {}
+        }
+        if let Some(merged) = event.merged_id() {
+            self.fold_in(merged, &canonical)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Keeps `new_customers` per day right when a profile's first purchase appears or moves.
+    fn move_first_purchase(&mut self, before: Option<i64>, after: Option<i64>) -> Result<()> {
+        if before == after {
+            return Ok(());
+        }
+        if let Some(b) = before {
+            self.day(day_index(b))?.new_customers -= 1;
+        }
+        if let Some(a) = after {
+            self.day(day_index(a))?.new_customers += 1;
+        }
+        Ok(())
+    }
+
+    /// Merges the profile known as `merged` into `canonical` and links the id for later events.
+    fn fold_in(&mut self, merged: &str, canonical: &str) -> Result<()> {
+        let source = self.resolve(merged)?;
+        if source == canonical {
+            return Ok(());
+        }
+        let scope = self.profiles.get(canonical).map_or(0, |p| p.scope);
+        let taken = {
+            let entry = self.load(&source, scope)?;
+            let taken = entry.state.take();
+            if taken.is_some() {
+                entry.dirty = true;
+            }
+            taken
+        };
+        if let Some(other) = taken {
+            let ctx = self.ctx;
+            let target = self
+                .profiles
+                .get_mut(canonical)
+                .expect("canonical profile is loaded");
+            let state = target.state.get_or_insert_with(CustomerState::default);
+            let (a, b) = (state.first_purchase, other.first_purchase);
+            state.merge(other, &ctx);
+            let merged_first = state.first_purchase;
+            // Two first purchases become one: un-count both, count the merged one.
+            for old in [a, b].into_iter().flatten() {
+                self.day(day_index(old))?.new_customers -= 1;
+            }
+            if let Some(m) = merged_first {
+                self.day(day_index(m))?.new_customers += 1;
+            }
+        }
+        if let Some(target) = self.profiles.get_mut(canonical) {
+            if let Some(s) = target.state.as_mut() {
+                s.add_alias(source.clone());
+                s.add_alias(merged.to_owned());
+            }
+        }
+        self.aliases.insert(source.clone(), canonical.to_owned());
+        self.new_aliases
+            .push((source.clone(), canonical.to_owned()));
+        if merged != source {
+            self.aliases.insert(merged.to_owned(), canonical.to_owned());
+            self.new_aliases
+                .push((merged.to_owned(), canonical.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Commits everything since the last checkpoint, with the positions that produced it.
+    pub fn checkpoint(&mut self) -> Result<CheckpointStats> {
+        let started = std::time::Instant::now();
+        let mut cp = Checkpoint::default();
+        for (id, p) in self.profiles.iter_mut().filter(|(_, p)| p.dirty) {
+            cp.profiles.push(ProfileWrite {
+                customer_id: id.clone(),
+                scope: p.scope,
+                state: p.state.clone(),
+            });
+            p.dirty = false;
+        }
+        cp.aliases = std::mem::take(&mut self.new_aliases);
+        cp.daily = self
+            .dirty_days
+            .drain()
+            .map(|d| (d, self.daily[&d].clone()))
+            .collect();
+        cp.positions = self.positions.values().cloned().collect();
+        cp.counters = self.counters.clone();
+        self.store.commit(&cp)?;
+        self.snapshot = self.store.reader()?;
+        self.profiles.retain(|_, p| p.state.is_some());
+        if self.profiles.len() > self.cache_limit {
+            self.profiles.clear();
+            self.daily.clear();
+            self.aliases.clear();
+        }
+        self.uncommitted = 0;
+        Ok(CheckpointStats {
+            profiles: cp.profiles.len(),
+            duration: started.elapsed(),
+        })
+    }
+}

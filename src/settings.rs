@@ -1,0 +1,44 @@
+//! Config loading: built-in defaults < TOML file < `PATRON__SECTION__KEY` environment variables.
+
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use patron_core::config::PatronConfig;
+
+pub(crate) fn load(file: Option<&Path>) -> Result<PatronConfig, String> {
+    let mut fig = Figment::from(Serialized::defaults(PatronConfig::default()));
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(format!("config file {} not found", path.display()));
+        }
+        fig = fig.merge(Toml::file_exact(path));
+    }
+    fig = fig.merge(Env::prefixed("PATRON__").split("__"));
+    fig.extract::<PatronConfig>().map_err(|e| {
+        // figment reports the key path and the source (file or env var); keep it to one line.
+        let first = e
+            .into_iter()
+            .next()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        let origin = file
+            .map(|p| format!("{}: ", p.display()))
+            .unwrap_or_default();
+        format!("invalid config: {origin}{}", first.replace('\n', " "))
+    })
+}
+
+/// Parses an `--as-of` value: RFC 3339, or a date (midnight UTC).
+pub(crate) fn parse_as_of(text: &str) -> Result<i64, String> {
+    if let Some(ms) = patron_core::time::parse_rfc3339(text) {
+        return Ok(ms);
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|d| d.and_utc().timestamp_millis())
+        .ok_or_else(|| {
+            format!("--as-of `{text}` is not an RFC 3339 timestamp or a YYYY-MM-DD date")
+        })
+}
