@@ -22,4 +22,7 @@ pub mod rfm;
 pub mod state;
 pub mod time;
 
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
 pub use patron_clv as clv;
