@@ -84,7 +84,7 @@ fn every_rejection_is_counted_and_dead_lettered_with_its_reason() {
             .find_map(|l| {
                 l.trim()
                     .strip_prefix(label)
-                    .map(|v| v.trim().split_whitespace().next().unwrap().parse().unwrap())
+                    .map(|v| v.split_whitespace().next().unwrap().parse().unwrap())
             })
             .unwrap_or_else(|| panic!("no `{label}` in summary:\n{summary}"))
     };

@@ -96,7 +96,7 @@ pub(crate) fn run(args: GenerateArgs) -> CmdResult {
         sink.write_all(&ev.payload).map_err(io)?;
         sink.write_all(b"\n").map_err(io)?;
         n += 1;
-        if n % 10_000 == 0 {
+        if n.is_multiple_of(10_000) {
             bar.set_position(n);
         }
     }

@@ -348,17 +348,11 @@ fn default_true_predicate() -> String {
     "true".into()
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RfmConfig {
     /// Replaces the default segment map when non-empty.
     pub map: Vec<RfmRule>,
-}
-
-impl Default for RfmConfig {
-    fn default() -> Self {
-        Self { map: Vec::new() }
-    }
 }
 
 impl RfmConfig {

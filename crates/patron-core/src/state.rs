@@ -305,10 +305,10 @@ impl CustomerState {
 
     fn remember(&mut self, id: EventId, ts: Millis, window: i64) {
         let horizon = self.last_seen.saturating_sub(window);
-        if ts >= horizon {
-            if let Err(i) = self.recent.binary_search_by(|(e, _)| e.cmp(&id)) {
-                self.recent.insert(i, (id, ts));
-            }
+        if ts >= horizon
+            && let Err(i) = self.recent.binary_search_by(|(e, _)| e.cmp(&id))
+        {
+            self.recent.insert(i, (id, ts));
         }
         self.recent.retain(|(_, t)| *t >= horizon);
     }

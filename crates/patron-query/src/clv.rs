@@ -72,10 +72,8 @@ pub fn fit_store(store: &Store, as_of: Option<Millis>, time_unit: TimeUnit) -> R
             whole_days(last - first),
             whole_days((as_of - first).max(0)),
         ));
-        if let Some(avg) = s.avg_repeat_value() {
-            if avg.0 > 0 {
-                spend.push(SpendRow::new(x, avg.as_f64()));
-            }
+        if let Some(avg) = s.avg_repeat_value().filter(|a| a.0 > 0) {
+            spend.push(SpendRow::new(x, avg.as_f64()));
         }
     })?;
     drop(reader);

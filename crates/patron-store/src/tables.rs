@@ -27,19 +27,19 @@ pub const META_CLV_MODEL: &str = "clv_model";
 pub(crate) fn initialise(db: &Database, path: &Path) -> Result<()> {
     {
         let read = db.begin_read()?;
-        if let Ok(meta) = read.open_table(META) {
-            if let Some(v) = meta.get(META_FORMAT)? {
-                let bytes = v.value();
-                let found = u32::from_le_bytes(bytes.try_into().unwrap_or([0; 4]));
-                if found != FORMAT_VERSION {
-                    return Err(StoreError::Version {
-                        path: path.to_path_buf(),
-                        found,
-                        expected: FORMAT_VERSION,
-                    });
-                }
-                return Ok(());
+        if let Ok(meta) = read.open_table(META)
+            && let Some(v) = meta.get(META_FORMAT)?
+        {
+            let bytes = v.value();
+            let found = u32::from_le_bytes(bytes.try_into().unwrap_or([0; 4]));
+            if found != FORMAT_VERSION {
+                return Err(StoreError::Version {
+                    path: path.to_path_buf(),
+                    found,
+                    expected: FORMAT_VERSION,
+                });
             }
+            return Ok(());
         }
     }
     let write = db.begin_write()?;

@@ -249,11 +249,9 @@ impl Applier {
                 self.day(day_index(m))?.new_customers += 1;
             }
         }
-        if let Some(target) = self.profiles.get_mut(canonical) {
-            if let Some(s) = target.state.as_mut() {
-                s.add_alias(source.clone());
-                s.add_alias(merged.to_owned());
-            }
+        if let Some(s) = self.profiles.get_mut(canonical).and_then(|t| t.state.as_mut()) {
+            s.add_alias(source.clone());
+            s.add_alias(merged.to_owned());
         }
         self.aliases.insert(source.clone(), canonical.to_owned());
         self.new_aliases
