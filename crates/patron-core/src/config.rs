@@ -398,3 +398,30 @@ pub mod toml_like {
         Text(String),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `config/default.toml` documents every key; it must parse and say exactly the defaults.
+    #[test]
+    fn shipped_default_toml_equals_the_built_in_defaults() {
+        let text = include_str!("../../../config/default.toml");
+        let parsed: PatronConfig = toml::from_str(text).expect("config/default.toml parses");
+        let as_json = |c: &PatronConfig| serde_json::to_value(c).unwrap();
+        assert_eq!(as_json(&parsed), as_json(&PatronConfig::default()));
+    }
+
+    #[test]
+    fn offers_accept_an_array_or_a_table() {
+        let array: PatronConfig =
+            toml::from_str("[[offers]]\nid = \"a\"\nname = \"A\"\nvalue = 1.0\n").expect("array form");
+        assert_eq!(array.offers.catalog().len(), 1);
+        let table: PatronConfig = toml::from_str(
+            "[offers]\nexploration = \"greedy\"\n[[offers.catalog]]\nid = \"a\"\nname = \"A\"\nvalue = 1.0\n",
+        )
+        .expect("table form");
+        assert_eq!(table.offers.exploration(), Exploration::Greedy);
+        assert_eq!(table.offers.catalog().len(), 1);
+    }
+}
