@@ -20,10 +20,18 @@ fn decode(c: &mut Criterion) {
     let d = Decoder::default();
     let mut g = c.benchmark_group("decode");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("native_purchase", |b| b.iter(|| d.decode(black_box(PURCHASE), NOW).unwrap()));
-    g.bench_function("native_interaction", |b| b.iter(|| d.decode(black_box(INTERACTION), NOW).unwrap()));
-    g.bench_function("segment_order_completed", |b| b.iter(|| d.decode(black_box(SEGMENT), NOW).unwrap()));
-    g.bench_function("rejected_malformed", |b| b.iter(|| d.decode(black_box(&PURCHASE[..90]), NOW).unwrap_err()));
+    g.bench_function("native_purchase", |b| {
+        b.iter(|| d.decode(black_box(PURCHASE), NOW).unwrap())
+    });
+    g.bench_function("native_interaction", |b| {
+        b.iter(|| d.decode(black_box(INTERACTION), NOW).unwrap())
+    });
+    g.bench_function("segment_order_completed", |b| {
+        b.iter(|| d.decode(black_box(SEGMENT), NOW).unwrap())
+    });
+    g.bench_function("rejected_malformed", |b| {
+        b.iter(|| d.decode(black_box(&PURCHASE[..90]), NOW).unwrap_err())
+    });
     g.finish();
 }
 
@@ -35,9 +43,16 @@ fn history() -> (CustomerState, Vec<patron_core::event::Event>) {
     for i in 0..52 {
         let ts = format!("2025-{:02}-{:02}T10:00:00Z", 1 + i % 12, 1 + i % 28);
         let json = if i % 4 == 0 {
-            format!(r#"{{"event_id":"e{i}","type":"purchase","ts":"{ts}","customer_id":"c1","amount":"{}.50","items":[{{"sku":"s","category":"cat{}","quantity":1,"unit_price":10}}]}}"#, 10 + i, i % 5)
+            format!(
+                r#"{{"event_id":"e{i}","type":"purchase","ts":"{ts}","customer_id":"c1","amount":"{}.50","items":[{{"sku":"s","category":"cat{}","quantity":1,"unit_price":10}}]}}"#,
+                10 + i,
+                i % 5
+            )
         } else {
-            format!(r#"{{"event_id":"e{i}","type":"interaction","ts":"{ts}","customer_id":"c1","kind":"k{}"}}"#, i % 6)
+            format!(
+                r#"{{"event_id":"e{i}","type":"interaction","ts":"{ts}","customer_id":"c1","kind":"k{}"}}"#,
+                i % 6
+            )
         };
         events.push(d.decode(json.as_bytes(), NOW).unwrap());
     }
@@ -57,13 +72,25 @@ fn apply(c: &mut Criterion) {
     let mut g = c.benchmark_group("apply");
     g.throughput(Throughput::Elements(1));
     g.bench_function("purchase_to_rich_profile", |b| {
-        b.iter_batched_ref(|| state.clone(), |s| s.apply(black_box(&purchase), &ctx), BatchSize::SmallInput)
+        b.iter_batched_ref(
+            || state.clone(),
+            |s| s.apply(black_box(&purchase), &ctx),
+            BatchSize::SmallInput,
+        )
     });
     g.bench_function("interaction_to_rich_profile", |b| {
-        b.iter_batched_ref(|| state.clone(), |s| s.apply(black_box(&interaction), &ctx), BatchSize::SmallInput)
+        b.iter_batched_ref(
+            || state.clone(),
+            |s| s.apply(black_box(&interaction), &ctx),
+            BatchSize::SmallInput,
+        )
     });
     g.bench_function("purchase_to_new_profile", |b| {
-        b.iter_batched_ref(CustomerState::default, |s| s.apply(black_box(&purchase), &ctx), BatchSize::SmallInput)
+        b.iter_batched_ref(
+            CustomerState::default,
+            |s| s.apply(black_box(&purchase), &ctx),
+            BatchSize::SmallInput,
+        )
     });
     g.finish();
 }
@@ -73,8 +100,12 @@ fn codec(c: &mut Criterion) {
     let bytes = encode_profile(3, &state);
     let mut g = c.benchmark_group("codec");
     g.throughput(Throughput::Elements(1));
-    g.bench_function(format!("encode_profile_{}B", bytes.len()), |b| b.iter(|| encode_profile(3, black_box(&state))));
-    g.bench_function(format!("decode_profile_{}B", bytes.len()), |b| b.iter(|| decode_profile("c1", black_box(&bytes)).unwrap()));
+    g.bench_function(format!("encode_profile_{}B", bytes.len()), |b| {
+        b.iter(|| encode_profile(3, black_box(&state)))
+    });
+    g.bench_function(format!("decode_profile_{}B", bytes.len()), |b| {
+        b.iter(|| decode_profile("c1", black_box(&bytes)).unwrap())
+    });
     g.finish();
 }
 
@@ -105,16 +136,36 @@ fn scoring(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("rfm_score_and_segment_among_1M", |b| {
         b.iter(|| {
-            let s = dist.scores(black_box(1_700_000_000_000 + 100 * MILLIS_PER_DAY), 7, patron_core::money::Money(1_234_000_000));
+            let s = dist.scores(
+                black_box(1_700_000_000_000 + 100 * MILLIS_PER_DAY),
+                7,
+                patron_core::money::Money(1_234_000_000),
+            );
             map.segment(s.r, s.f).len()
         })
     });
     let model = patron_core::clv::ClvModel {
-        bg: patron_core::clv::BgNbdParams { r: 0.243, alpha: 4.414, a: 0.793, b: 2.426 },
-        gg: patron_core::clv::GammaGammaParams { p: 6.25, q: 3.74, gamma: 15.44 },
+        bg: patron_core::clv::BgNbdParams {
+            r: 0.243,
+            alpha: 4.414,
+            a: 0.793,
+            b: 2.426,
+        },
+        gg: patron_core::clv::GammaGammaParams {
+            p: 6.25,
+            q: 3.74,
+            gamma: 15.44,
+        },
     };
-    let opts = patron_core::clv::ClvOptions { horizon_months: 12.0, time_unit_days: 7.0, margin: 0.3, annual_discount_rate: 0.1 };
-    g.bench_function("clv_score_12_months", |b| b.iter(|| model.score(black_box(4.0), 30.0, 38.0, 25.0, &opts)));
+    let opts = patron_core::clv::ClvOptions {
+        horizon_months: 12.0,
+        time_unit_days: 7.0,
+        margin: 0.3,
+        annual_discount_rate: 0.1,
+    };
+    g.bench_function("clv_score_12_months", |b| {
+        b.iter(|| model.score(black_box(4.0), 30.0, 38.0, 25.0, &opts))
+    });
     g.finish();
 }
 

@@ -46,6 +46,10 @@ pub(crate) fn run(args: DemoArgs, config: PatronConfig) -> CmdResult {
     };
     let (ev, st) = (events.display().to_string(), store.display().to_string());
     let customers = args.customers.to_string();
+    // Two years that end today, so no event is dated in the future.
+    let start = (chrono::Utc::now() - chrono::Duration::days(730))
+        .format("%Y-%m-%d")
+        .to_string();
     step(
         "generate",
         &[
@@ -54,6 +58,8 @@ pub(crate) fn run(args: DemoArgs, config: PatronConfig) -> CmdResult {
             &customers,
             "--days",
             "730",
+            "--start",
+            &start,
             "--seed",
             "7",
             "--bad-rate",

@@ -51,6 +51,22 @@ pub(crate) struct GenerateArgs {
     /// First day of the period (YYYY-MM-DD).
     #[arg(long, default_value = "2025-01-01")]
     start: String,
+    /// True BG/NBD parameters `r,alpha,a,b` (rates per day). Default: the generator's.
+    #[arg(long, value_name = "R,ALPHA,A,B", value_parser = params::<4>)]
+    bgnbd: Option<[f64; 4]>,
+    /// True Gamma-Gamma parameters `p,q,gamma`. Default: the generator's.
+    #[arg(long, value_name = "P,Q,GAMMA", value_parser = params::<3>)]
+    gamma_gamma: Option<[f64; 3]>,
+}
+
+fn params<const N: usize>(text: &str) -> Result<[f64; N], String> {
+    let v: Vec<f64> = text
+        .split(',')
+        .map(|p| p.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    v.try_into()
+        .map_err(|_| format!("expected {N} comma-separated numbers"))
 }
 
 pub(crate) fn run(args: GenerateArgs) -> CmdResult {
@@ -70,9 +86,36 @@ pub(crate) fn run(args: GenerateArgs) -> CmdResult {
         duplicate_rate: args.duplicate_rate,
         ..SynthConfig::default()
     };
+    let mut cfg = cfg;
+    if let Some([r, alpha, a, b]) = args.bgnbd {
+        cfg.bgnbd = patron_synth::TrueBgNbd { r, alpha, a, b };
+    }
+    if let Some([p, q, gamma]) = args.gamma_gamma {
+        cfg.gamma_gamma = patron_synth::TrueGammaGamma { p, q, gamma };
+    }
     let generator = Generator::try_new(cfg).map_err(|e| Failure::Usage(e.to_string()))?;
     let truth = generator.truth();
     let out = args.out.expect("clap requires --out without --kafka");
+    if out.extension().is_some_and(|e| e == "parquet") {
+        if args.bad_rate > 0.0 || args.segment_spec_rate > 0.0 {
+            return Err(Failure::Usage(
+                "Parquet output holds native events only: drop --bad-rate and --segment-spec-rate, or write JSONL".into(),
+            ));
+        }
+        let events: Vec<Vec<u8>> = generator.map(|e| e.payload).collect();
+        let rows = patron_stream::events_parquet::write_events_parquet(
+            events.iter().map(Vec::as_slice),
+            &out,
+        )
+        .map_err(Failure::runtime)?;
+        write_truth(&out, &truth)?;
+        eprintln!(
+            "wrote {rows} events for {} customers to {}",
+            args.customers,
+            out.display()
+        );
+        return Ok(());
+    }
     let to_stdout = out.as_os_str() == "-";
     let mut sink: Box<dyn Write> = if to_stdout {
         Box::new(BufWriter::new(std::io::stdout().lock()))
@@ -103,12 +146,7 @@ pub(crate) fn run(args: GenerateArgs) -> CmdResult {
     sink.flush().map_err(io)?;
     bar.finish_and_clear();
     if !to_stdout {
-        let mut truth_path = out.clone().into_os_string();
-        truth_path.push(".truth.json");
-        let json = serde_json::to_string_pretty(&truth).expect("truth serialises");
-        std::fs::write(&truth_path, json).map_err(|e| {
-            Failure::Runtime(format!("{}: {e}", PathBuf::from(&truth_path).display()))
-        })?;
+        write_truth(&out, &truth)?;
         eprintln!(
             "wrote {n} events for {} customers to {}",
             args.customers,
@@ -116,4 +154,13 @@ pub(crate) fn run(args: GenerateArgs) -> CmdResult {
         );
     }
     Ok(())
+}
+
+/// The true parameters go next to the output as `<out>.truth.json`.
+fn write_truth(out: &std::path::Path, truth: &patron_synth::Truth) -> CmdResult {
+    let mut path = out.to_path_buf().into_os_string();
+    path.push(".truth.json");
+    let path = PathBuf::from(path);
+    let json = serde_json::to_string_pretty(truth).expect("truth serialises");
+    std::fs::write(&path, json).map_err(|e| Failure::Runtime(format!("{}: {e}", path.display())))
 }

@@ -415,7 +415,8 @@ mod tests {
     #[test]
     fn offers_accept_an_array_or_a_table() {
         let array: PatronConfig =
-            toml::from_str("[[offers]]\nid = \"a\"\nname = \"A\"\nvalue = 1.0\n").expect("array form");
+            toml::from_str("[[offers]]\nid = \"a\"\nname = \"A\"\nvalue = 1.0\n")
+                .expect("array form");
         assert_eq!(array.offers.catalog().len(), 1);
         let table: PatronConfig = toml::from_str(
             "[offers]\nexploration = \"greedy\"\n[[offers.catalog]]\nid = \"a\"\nname = \"A\"\nvalue = 1.0\n",

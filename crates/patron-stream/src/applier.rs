@@ -249,7 +249,11 @@ impl Applier {
                 self.day(day_index(m))?.new_customers += 1;
             }
         }
-        if let Some(s) = self.profiles.get_mut(canonical).and_then(|t| t.state.as_mut()) {
+        if let Some(s) = self
+            .profiles
+            .get_mut(canonical)
+            .and_then(|t| t.state.as_mut())
+        {
             s.add_alias(source.clone());
             s.add_alias(merged.to_owned());
         }

@@ -3,11 +3,13 @@
 //! Layout:
 //! - [`applier`]: the writer side: cached profiles, identity merges, daily totals, checkpoints.
 //! - [`dead_letter`]: the file dead-letter sink, truncated to its committed length on reopen.
+//! - [`events_parquet`]: the Parquet layout of native events (written by `generate`).
 //! - [`input`]: file inputs (JSONL, CSV with a column mapping, Parquet) as positioned records.
 //! - [`replay`]: `patron replay` over files: read, decode in parallel, apply in order, checkpoint.
 
 pub mod applier;
 pub mod dead_letter;
+pub mod events_parquet;
 pub mod input;
 pub mod replay;
 
