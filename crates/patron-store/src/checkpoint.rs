@@ -93,7 +93,10 @@ pub(crate) fn commit(db: &Database, cp: &Checkpoint) -> Result<()> {
     let txn = db.begin_write()?;
     {
         let mut customers = txn.open_table(CUSTOMERS)?;
-        for p in &cp.profiles {
+        // Key order turns random B-tree inserts into a sweep over the leaves.
+        let mut order: Vec<&ProfileWrite> = cp.profiles.iter().collect();
+        order.sort_unstable_by(|a, b| a.customer_id.cmp(&b.customer_id));
+        for p in order {
             match &p.state {
                 Some(state) => {
                     customers.insert(

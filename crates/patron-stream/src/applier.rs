@@ -36,7 +36,8 @@ pub struct Applier {
     snapshot: StoreReader,
     ctx: ApplyContext,
     profiles: HashMap<String, CachedProfile>,
-    /// Links added since the last checkpoint, and resolved look-ups.
+    /// Every alias link, held in memory so resolving an id never touches the store. Links are
+    /// few next to profiles (only merged ids have one).
     aliases: HashMap<String, String>,
     new_aliases: Vec<(String, String)>,
     daily: HashMap<i32, DailyTotals>,
@@ -52,12 +53,13 @@ impl Applier {
     pub fn open(store: Store, ctx: ApplyContext) -> Result<Self> {
         let snapshot = store.reader()?;
         let counters = snapshot.counters()?;
+        let aliases = snapshot.all_aliases()?.into_iter().collect();
         Ok(Self {
             store,
             snapshot,
             ctx,
             profiles: HashMap::new(),
-            aliases: HashMap::new(),
+            aliases,
             new_aliases: Vec::new(),
             daily: HashMap::new(),
             dirty_days: HashSet::new(),
@@ -112,21 +114,15 @@ impl Applier {
         self.uncommitted += 1;
     }
 
-    fn resolve(&mut self, id: &str) -> Result<String> {
-        let mut current = id.to_owned();
+    fn resolve(&self, id: &str) -> String {
+        let mut current = id;
         for _ in 0..32 {
-            if let Some(next) = self.aliases.get(&current) {
-                current = next.clone();
-                continue;
+            match self.aliases.get(current) {
+                Some(next) => current = next,
+                None => break,
             }
-            let stored = self.snapshot.resolve(&current)?;
-            if stored == current {
-                break;
-            }
-            self.aliases.insert(current.clone(), stored.clone());
-            current = stored;
         }
-        Ok(current)
+        current.to_owned()
     }
 
     fn load(&mut self, id: &str, scope: u32) -> Result<&mut CachedProfile> {
@@ -160,7 +156,7 @@ impl Applier {
     /// Applies one event from partition `scope`.
     pub fn apply(&mut self, event: &Event, scope: u32) -> Result<ApplyOutcome> {
         self.uncommitted += 1;
-        let canonical = self.resolve(event.profile_id())?;
+        let canonical = self.resolve(event.profile_id());
         let ctx = self.ctx;
         let entry = self.load(&canonical, scope)?;
         let state = entry.state.get_or_insert_with(CustomerState::default);
@@ -218,7 +214,7 @@ impl Applier {
 
     /// Merges the profile known as `merged` into `canonical` and links the id for later events.
     fn fold_in(&mut self, merged: &str, canonical: &str) -> Result<()> {
-        let source = self.resolve(merged)?;
+        let source = self.resolve(merged);
         if source == canonical {
             return Ok(());
         }
@@ -294,7 +290,6 @@ impl Applier {
         if self.profiles.len() > self.cache_limit {
             self.profiles.clear();
             self.daily.clear();
-            self.aliases.clear();
         }
         self.uncommitted = 0;
         Ok(CheckpointStats {
