@@ -181,9 +181,7 @@ pub fn fit_bgnbd(data: &[SummaryRow], opts: &FitOptions) -> Result<BgNbdFit, Fit
             return Err(FitError::InvalidRow { index, reason });
         }
     }
-    let t0 = std::time::Instant::now();
     let prepared = BgNbdData::new(data);
-    if std::env::var_os("CLV_DEBUG").is_some() { eprintln!("new {:?}", t0.elapsed()); }
     let customers = prepared.total_weight;
     if customers < opts.min_customers {
         return Err(FitError::TooFewCustomers {
@@ -250,10 +248,9 @@ pub fn fit_bgnbd(data: &[SummaryRow], opts: &FitOptions) -> Result<BgNbdFit, Fit
     let warm = sample
         .as_ref()
         .map(|sample| move |theta: &[f64]| evaluate(sample, theta, true));
-    if std::env::var_os("CLV_DEBUG").is_some() { eprintln!("sample {:?}", t0.elapsed()); }
     let newton = Newton {
         full: &with_hessian,
-        warm: warm.as_ref().map(|w| w as &dyn Fn(&[f64]) -> SecondOrder),
+        warm: warm.as_ref().map(|w| w as SecondOrderFn<'_>),
     };
 
     // Starting points scaled to the data: with r0 = 1 the prior mean purchase rate r/α
@@ -388,12 +385,15 @@ struct Optimum {
 /// Cost, gradient and row-major Hessian of an objective in log-parameter space.
 type SecondOrder = (f64, Vec<f64>, Vec<f64>);
 
+/// An objective returning [`SecondOrder`].
+type SecondOrderFn<'a> = &'a dyn Fn(&[f64]) -> SecondOrder;
+
 /// An objective with an analytic Hessian, for Newton.
 #[derive(Clone, Copy)]
 struct Newton<'a> {
-    full: &'a dyn Fn(&[f64]) -> SecondOrder,
+    full: SecondOrderFn<'a>,
     /// The same objective on a subsample of the data, for a cheap warm start.
-    warm: Option<&'a dyn Fn(&[f64]) -> SecondOrder>,
+    warm: Option<SecondOrderFn<'a>>,
 }
 
 /// Rows in the warm-start subsample; inputs with fewer than four times this many rows fit
@@ -555,7 +555,8 @@ const NEWTON_MAX_ITERATIONS: u64 = 100;
 /// With an analytic Hessian: damped Newton from `start` (from the warm start's end point if
 /// there is one); if that does not reach
 /// [`FitOptions::gradient_tolerance`], L-BFGS from `start` and damped Newton from where it
-/// stops. Without: L-BFGS, then Newton polishing with a finite-difference Hessian.
+/// stops. Without (or if that Newton fails too): L-BFGS, then Newton polishing with a
+/// finite-difference Hessian.
 fn minimize_from<F>(
     objective: &F,
     newton: Option<Newton<'_>>,
@@ -581,12 +582,13 @@ where
         }
     }
     let (theta, iterations) = lbfgs_from(objective, start, opts)?;
-    if let Some(nt) = newton {
-        return newton_from(nt.full, &theta, NEWTON_GRADIENT_TOLERANCE, opts).map(|found| {
-            Candidate {
-                iterations: iterations + found.iterations,
-                ..found
-            }
+    if let Some(nt) = newton
+        && let Some(found) = newton_from(nt.full, &theta, NEWTON_GRADIENT_TOLERANCE, opts)
+        && found.gradient_norm <= opts.gradient_tolerance
+    {
+        return Some(Candidate {
+            iterations: iterations + found.iterations,
+            ..found
         });
     }
     polish_with_finite_differences(objective, theta, iterations)
@@ -599,7 +601,7 @@ where
 /// log space. Stops at gradient norm `tolerance`. None if the objective is not finite at
 /// `start`.
 fn newton_from(
-    objective: &dyn Fn(&[f64]) -> SecondOrder,
+    objective: SecondOrderFn<'_>,
     start: &[f64],
     tolerance: f64,
     opts: &FitOptions,
@@ -620,7 +622,6 @@ fn newton_from(
     let mut failures = 0;
     while iterations < opts.max_iterations.min(NEWTON_MAX_ITERATIONS) {
         let norm = l2(&grad);
-        if std::env::var_os("CLV_DEBUG").is_some() { eprintln!("{:?} newton it {iterations} cost {cost:.17e} norm {norm:e} mu {mu:e} theta {theta:?}", std::time::Instant::now()); }
         if norm <= tolerance {
             break;
         }
@@ -668,9 +669,7 @@ fn newton_from(
         match eval(&trial) {
             // Near the optimum cost changes drown in rounding, so a step that keeps the cost
             // within noise and shrinks the gradient also counts as progress.
-            Some((c, g, h))
-                if c < cost || (c <= cost + 1e-13 * cost.abs() && l2(&g) < norm) =>
-            {
+            Some((c, g, h)) if c < cost || (c <= cost + 1e-13 * cost.abs() && l2(&g) < norm) => {
                 theta = trial;
                 (cost, grad, hess) = (c, g, h);
                 mu = if mu > 1e-6 { mu * 0.1 } else { 0.0 };
@@ -955,6 +954,61 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// f(θ) = Σ_k c_k (e^θ_k − θ_k): minimum at θ = 0, convex, curvature growing fast for
+    /// θ > 0 (like a log-parameter likelihood).
+    fn convex(theta: &[f64]) -> SecondOrder {
+        let c = [1.0, 10.0, 0.1];
+        let cost = (0..3).map(|k| c[k] * (theta[k].exp() - theta[k])).sum();
+        let grad = (0..3).map(|k| c[k] * (theta[k].exp() - 1.0)).collect();
+        let mut hess = vec![0.0; 9];
+        for k in 0..3 {
+            hess[k * 3 + k] = c[k] * theta[k].exp();
+        }
+        (cost, grad, hess)
+    }
+
+    #[test]
+    fn newton_converges_from_far_away() {
+        let start = [3.0, -4.0, 6.0];
+        let opts = FitOptions::default();
+        let found = newton_from(&convex, &start, NEWTON_GRADIENT_TOLERANCE, &opts).expect("found");
+        // (The last step may be taken unevaluated, so the reported norm is the one before it.)
+        assert!(found.gradient_norm <= opts.gradient_tolerance);
+        assert!(
+            found.theta.iter().all(|t| t.abs() < 1e-11),
+            "{:?}",
+            found.theta
+        );
+    }
+
+    #[test]
+    fn a_failing_newton_falls_back_to_lbfgs() {
+        // A Hessian that is never finite makes every Newton attempt fail; L-BFGS with
+        // finite-difference polishing must still find the minimum.
+        let broken = |theta: &[f64]| {
+            let (c, g, _) = convex(theta);
+            (c, g, vec![f64::NAN; 9])
+        };
+        let newton = Newton {
+            full: &broken,
+            warm: None,
+        };
+        let objective = |theta: &[f64]| {
+            let (c, g, _) = convex(theta);
+            (c, g)
+        };
+        let opts = FitOptions::default();
+        let found =
+            minimize_from(&objective, Some(newton), &[1.0, -1.0, 2.0], &opts).expect("found");
+        assert!(found.gradient_norm <= opts.gradient_tolerance);
+        assert!(
+            found.theta.iter().all(|t| t.abs() < 1e-6),
+            "{:?}",
+            found.theta
+        );
+        assert!(found.iterations > 0);
+    }
 
     #[test]
     fn cholesky_inverse_round_trip() {

@@ -52,8 +52,10 @@
 //! `customer_lifetime_value`, except that the discount rate is given per year and a month is
 //! always 30 days (lifetimes uses 4.345 weeks per month for weekly data).
 //!
-//! **Fitting.** Maximum likelihood over log-parameters with L-BFGS and an analytic gradient,
-//! polished by Newton steps; see [`fit`]. The objective is the negative mean log-likelihood
+//! **Fitting.** Maximum likelihood over log-parameters: BG/NBD by damped Newton with the exact
+//! analytic Hessian (warm-started on a subsample for large inputs, row loop parallel with a
+//! fixed chunking so results are reproducible), falling back to L-BFGS; Gamma-Gamma by L-BFGS
+//! with an analytic gradient, polished by Newton steps; see [`fit`]. The objective is the negative mean log-likelihood
 //! plus an optional L2 penalty, matching lifetimes' `BetaGeoFitter` and `GammaGammaFitter`.
 
 pub mod bgnbd;
