@@ -20,7 +20,7 @@ EVENTS="$WORK/events-$CUSTOMERS-$DAYS.jsonl"
 
 if [ ! -s "$EVENTS" ]; then
     echo "generating $CUSTOMERS customers over $DAYS days -> $EVENTS" >&2
-    "$BIN" generate --customers "$CUSTOMERS" --days "$DAYS" --seed 1 --out "$EVENTS"
+    "$BIN" generate --customers "$CUSTOMERS" --days "$DAYS" --start 2023-01-01 --seed 1 --out "$EVENTS"
 fi
 LINES=$(wc -l < "$EVENTS")
 BYTES=$(stat -c %s "$EVENTS")

@@ -9,6 +9,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Decoded events are allocated on the decode threads and freed on the writer thread; mimalloc
+/// handles that cross-thread churn much better than the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Patron: streaming customer-value scoring and personalization.
 ///
 /// Events (purchases, refunds, interactions, identify, alias) become per-customer state in an

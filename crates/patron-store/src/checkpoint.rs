@@ -16,12 +16,29 @@ use crate::Result;
 use crate::codec;
 use crate::tables::*;
 
-/// A profile to upsert, or to delete when `state` is `None` (merged away, erased).
+/// A profile to upsert (its encoded record, see [`crate::codec::encode_profile`]), or to
+/// delete when `record` is `None` (merged away, erased). Encoded by the writer straight from its
+/// cache, so a checkpoint never copies whole states.
 #[derive(Debug, Clone)]
 pub struct ProfileWrite {
     pub customer_id: String,
-    pub scope: u32,
-    pub state: Option<CustomerState>,
+    pub record: Option<Vec<u8>>,
+}
+
+impl ProfileWrite {
+    pub fn upsert(customer_id: &str, scope: u32, state: &CustomerState) -> Self {
+        Self {
+            customer_id: customer_id.to_owned(),
+            record: Some(codec::encode_profile(scope, state)),
+        }
+    }
+
+    pub fn delete(customer_id: &str) -> Self {
+        Self {
+            customer_id: customer_id.to_owned(),
+            record: None,
+        }
+    }
 }
 
 /// Where a source has been read up to. `next_offset` is the first record not yet applied.
@@ -97,12 +114,9 @@ pub(crate) fn commit(db: &Database, cp: &Checkpoint) -> Result<()> {
         let mut order: Vec<&ProfileWrite> = cp.profiles.iter().collect();
         order.sort_unstable_by(|a, b| a.customer_id.cmp(&b.customer_id));
         for p in order {
-            match &p.state {
-                Some(state) => {
-                    customers.insert(
-                        p.customer_id.as_str(),
-                        codec::encode_profile(p.scope, state).as_slice(),
-                    )?;
+            match &p.record {
+                Some(record) => {
+                    customers.insert(p.customer_id.as_str(), record.as_slice())?;
                 }
                 None => {
                     customers.remove(p.customer_id.as_str())?;

@@ -269,10 +269,9 @@ impl Applier {
         let started = std::time::Instant::now();
         let mut cp = Checkpoint::default();
         for (id, p) in self.profiles.iter_mut().filter(|(_, p)| p.dirty) {
-            cp.profiles.push(ProfileWrite {
-                customer_id: id.clone(),
-                scope: p.scope,
-                state: p.state.clone(),
+            cp.profiles.push(match &p.state {
+                Some(state) => ProfileWrite::upsert(id, p.scope, state),
+                None => ProfileWrite::delete(id),
             });
             p.dirty = false;
         }

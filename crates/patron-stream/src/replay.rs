@@ -26,6 +26,8 @@ use crate::input::{
 };
 use crate::{Result, StreamError};
 
+const REPLAY_MIN_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Replay over files always applies as partition 0 of its source.
 pub const FILE_PARTITION: u32 = 0;
 
@@ -159,7 +161,13 @@ pub fn replay(
     }
 
     let max_events = config.checkpoint.max_events.max(1);
-    let interval = config.checkpoint.interval;
+    // A replay re-reads its input after a crash, so frequent checkpoints only buy a shorter
+    // re-read while costing whole B-tree rewrites; it checkpoints at least 10 s apart (and
+    // every `max_events` records). `serve` uses the configured interval as it is.
+    let interval = config
+        .checkpoint
+        .interval
+        .max(REPLAY_MIN_CHECKPOINT_INTERVAL);
     let mut last_checkpoint = Instant::now();
     'files: for (path, source, fp, start, skip_bytes, mut input) in plans {
         let mut report = FileReport {
