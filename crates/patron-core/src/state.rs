@@ -364,7 +364,6 @@ impl CustomerState {
                 if let Some(anon) = event.merged_id() {
                     self.add_alias(anon.to_owned());
                 }
-                let _ = i;
             }
             EventBody::Alias(_) => {
                 if let Some(prev) = event.merged_id() {

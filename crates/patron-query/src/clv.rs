@@ -5,7 +5,7 @@
 //! Gamma-Gamma. Times are rounded to whole days before grouping, as the published data sets
 //! are, so identical summaries share one weighted row.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use patron_core::clv::{
     BgNbdFit, ClvModel, ClvOptions, FitOptions, GammaGammaFit, SpendRow, fit_bgnbd,
@@ -104,8 +104,4 @@ pub fn save_model(store: &Store, model: &StoredModel) -> Result<()> {
 pub fn load_model(store: &Store) -> Result<Option<StoredModel>> {
     let bytes = store.reader()?.meta(META_CLV_MODEL)?;
     Ok(bytes.and_then(|b| serde_json::from_slice(&b).ok()))
-}
-
-pub fn elapsed_since(ms: Millis) -> Duration {
-    Duration::from_millis((patron_core::time::now_millis() - ms).max(0) as u64)
 }

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Date32Builder, Float64Array, Float64Builder,
-    Int64Builder, ListBuilder, RecordBatch, StringBuilder, UInt8Builder,
+    Array, ArrayRef, AsArray, BooleanArray, Date32Builder, Float64Builder, Int64Builder,
+    ListBuilder, RecordBatch, StringBuilder, UInt8Builder,
 };
 use datafusion::arrow::datatypes::{
     DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimestampMillisecondType,
@@ -483,16 +483,4 @@ fn offer_stats_table() -> Result<RecordBatch> {
         Field::new("declined", DataType::Int64, false),
     ]));
     Ok(RecordBatch::new_empty(schema))
-}
-
-/// Convenience for tests and tools: a column of f64 values by name from all batches.
-pub fn f64_column(batches: &[RecordBatch], name: &str) -> Vec<Option<f64>> {
-    let mut out = Vec::new();
-    for b in batches {
-        if let Some(c) = b.column_by_name(name) {
-            let a: &Float64Array = c.as_primitive();
-            out.extend((0..a.len()).map(|i| a.is_valid(i).then(|| a.value(i))));
-        }
-    }
-    out
 }

@@ -100,7 +100,6 @@ pub fn replay(
     let started = Instant::now();
     let decoder = Decoder::from_config(config);
     let mut applier = Applier::open(store, ApplyContext::from_config(config))?;
-    let counters_before = applier.counters().clone();
     let mut dead = {
         let key = opts.dead_letter.display().to_string();
         let committed = applier
@@ -279,7 +278,6 @@ pub fn replay(
     summary.customers = customers;
     summary.profiles = profiles;
     summary.elapsed = started.elapsed();
-    debug_assert!(applier.counters().applied >= counters_before.applied);
     Ok(summary)
 }
 
