@@ -5,7 +5,7 @@
 //! go to a read snapshot taken right after the last commit; since every write since then is in
 //! the cache, the two together are the current state.
 
-use ahash::{AHashMap as HashMap, AHashSet as HashSet};
+use std::collections::{HashMap, HashSet};
 
 use patron_core::decode::RejectReason;
 use patron_core::event::{Event, EventBody};
@@ -58,8 +58,6 @@ impl Applier {
             store,
             snapshot,
             ctx,
-            // ahash: much cheaper than SipHash per lookup, still keyed per process, so
-            // user-chosen ids cannot be crafted into collisions.
             profiles: HashMap::new(),
             aliases,
             new_aliases: Vec::new(),
