@@ -133,16 +133,4 @@ impl Store {
     pub fn file_size(&self) -> u64 {
         std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
     }
-
-    /// Reclaims free space (after a large load). Needs exclusive access.
-    pub fn compact(&mut self) -> Result<bool> {
-        match Arc::get_mut(&mut self.db) {
-            Some(db) => db.compact().map_err(|e| StoreError::Corrupt {
-                table: "*",
-                key: String::new(),
-                reason: format!("compaction failed: {e}"),
-            }),
-            None => Ok(false),
-        }
-    }
 }
