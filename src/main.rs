@@ -42,6 +42,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Serve(commands::serve::ServeArgs),
     Replay(commands::replay::ReplayArgs),
     Query(commands::query::QueryArgs),
     Export(commands::export::ExportArgs),
@@ -83,6 +84,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::Serve(a) => commands::serve::run(a, config),
         Command::Replay(a) => commands::replay::run(a, config),
         Command::Query(a) => commands::query::run(a, config),
         Command::Export(a) => commands::export::run(a, config),

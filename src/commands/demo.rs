@@ -1,100 +1,159 @@
-//! `patron demo`: a first look at Patron with nothing to install.
-//!
-//! Until the streaming server lands, the demo runs the batch loop end to end: it generates a
-//! realistic synthetic stream, replays it into a fresh store, fits the CLV models and prints the
-//! segment map and the most valuable customers.
+//! `patron demo`: `serve` on the embedded broker, fed by the built-in generator.
 
+use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use clap::Args;
-use patron_core::config::PatronConfig;
+use patron_core::config::{ApiKeyConfig, PatronConfig, Role, SourceKind};
+use patron_stream::kafka::produce::EventProducer;
+use patron_synth::{Generator, SynthConfig};
 
+use super::serve::{Extras, serve};
 use crate::{CmdResult, Failure};
 
-/// Generate a synthetic stream, replay it, fit CLV and show segments (no setup needed).
+/// Run the whole pipeline with nothing to install: the embedded broker, a generator streaming
+/// realistic customers into it, the consumer, the store and the API.
+///
+/// Prints the Kafka bootstrap address, the HTTP address and a fresh admin API key. Watch the
+/// state grow with `curl -H "Authorization: Bearer <key>" http://127.0.0.1:8080/v1/status`, or
+/// query it after stopping with `patron query --store patron-demo/demo.redb "SELECT ..."`.
+/// Ctrl-C stops it cleanly.
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
-    /// How many synthetic customers.
+    /// Synthetic customers.
     #[arg(long, default_value_t = 20_000)]
     customers: u64,
-    /// Working directory for the events file and the store.
+    /// Days of purchase history, ending today.
+    #[arg(long, default_value_t = 730)]
+    days: u32,
+    /// Events per second streamed into the broker (0: as fast as it takes them).
+    #[arg(long, default_value_t = 2_000)]
+    rate: u64,
+    /// Generator seed.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Working directory for the store.
     #[arg(long, value_name = "DIR", default_value = "patron-demo")]
     dir: PathBuf,
+    /// Keep the store of an earlier demo instead of starting fresh.
+    #[arg(long)]
+    keep: bool,
 }
 
-pub(crate) fn run(args: DemoArgs, config: PatronConfig) -> CmdResult {
+pub(crate) fn run(args: DemoArgs, mut config: PatronConfig) -> CmdResult {
     std::fs::create_dir_all(&args.dir)
         .map_err(|e| Failure::Runtime(format!("{}: {e}", args.dir.display())))?;
-    let events = args.dir.join("events.jsonl");
     let store = args.dir.join("demo.redb");
-    if store.exists() {
+    if store.exists() && !args.keep {
         std::fs::remove_file(&store)
             .map_err(|e| Failure::Runtime(format!("{}: {e}", store.display())))?;
     }
-    let bin = std::env::current_exe().map_err(Failure::runtime)?;
-    let step = |title: &str, argv: &[&str]| -> CmdResult {
-        println!("\n== {title}\n$ patron {}", argv.join(" "));
-        let status = std::process::Command::new(&bin)
-            .args(argv)
-            .status()
-            .map_err(Failure::runtime)?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(Failure::Runtime(format!("demo step `{title}` failed")))
+    let start = chrono::Utc::now() - chrono::Duration::days(i64::from(args.days));
+    let synth = SynthConfig {
+        customers: args.customers,
+        days: args.days,
+        seed: args.seed,
+        start,
+        bad_rate: 0.002,
+        duplicate_rate: 0.01,
+        segment_spec_rate: 0.1,
+        ..SynthConfig::default()
+    };
+    let generator = Generator::try_new(synth).map_err(|e| Failure::Usage(e.to_string()))?;
+
+    let key = demo_key();
+    config.source.kind = SourceKind::Embedded;
+    config.api.keys = vec![ApiKeyConfig {
+        name: "demo-admin".into(),
+        role: Role::Admin,
+        sha256: patron_api::auth::sha256_hex(&key),
+    }];
+    let auth = patron_api::Auth::from_config(&config.api.keys).map_err(Failure::Usage)?;
+    let topic = config.source.topic.clone();
+    let rate = args.rate;
+    let traffic = move |brokers: String, stop: Arc<AtomicBool>| {
+        if let Err(e) = stream(generator, &brokers, &topic, rate, &stop) {
+            eprintln!("demo generator stopped: {e}");
         }
     };
-    let (ev, st) = (events.display().to_string(), store.display().to_string());
-    let customers = args.customers.to_string();
-    // Two years that end today, so no event is dated in the future.
-    let start = (chrono::Utc::now() - chrono::Duration::days(730))
-        .format("%Y-%m-%d")
-        .to_string();
-    step(
-        "generate",
-        &[
-            "generate",
-            "--customers",
-            &customers,
-            "--days",
-            "730",
-            "--start",
-            &start,
-            "--seed",
-            "7",
-            "--bad-rate",
-            "0.002",
-            "--duplicate-rate",
-            "0.01",
-            "--segment-spec-rate",
-            "0.1",
-            "--out",
-            &ev,
-        ],
-    )?;
-    step("replay", &["replay", "--input", &ev, "--store", &st])?;
-    step("fit", &["fit", "--store", &st])?;
-    step(
-        "segments",
-        &[
-            "query",
-            "--store",
-            &st,
-            "SELECT name, customers, round(revenue, 2) AS revenue, round(avg_clv, 2) AS avg_clv FROM segments WHERE customers > 0",
-        ],
-    )?;
-    step(
-        "top customers by CLV",
-        &[
-            "query",
-            "--store",
-            &st,
-            "SELECT customer_id, frequency, round(monetary, 2) AS monetary, r_score, f_score, m_score, rfm_segment, round(p_alive, 3) AS p_alive, round(clv, 2) AS clv FROM customers ORDER BY clv DESC NULLS LAST LIMIT 10",
-        ],
-    )?;
-    let _ = config;
-    println!(
-        "\nThe store is {st}; try: patron query --store {st} \"SELECT * FROM customers LIMIT 5\""
-    );
+    let banner = vec![
+        format!("API key (admin, this run only): {key}"),
+        format!(
+            "Streaming {} customers' events at {} events/s. Try:",
+            args.customers,
+            if rate == 0 {
+                "full speed".to_string()
+            } else {
+                rate.to_string()
+            }
+        ),
+        format!(
+            "  curl -H 'Authorization: Bearer {key}' http://{}/v1/status",
+            config.api.listen
+        ),
+        format!(
+            "After Ctrl-C: patron query --store {} \"SELECT rfm_segment, count(*) FROM customers GROUP BY 1\"",
+            store.display()
+        ),
+    ];
+    serve(
+        config,
+        store,
+        auth,
+        Extras {
+            traffic: Some(Box::new(traffic)),
+            banner,
+        },
+    )
+}
+
+/// Produces the generated stream, paced to `rate` events per second.
+fn stream(
+    generator: Generator,
+    brokers: &str,
+    topic: &str,
+    rate: u64,
+    stop: &AtomicBool,
+) -> Result<(), patron_stream::StreamError> {
+    let mut producer = EventProducer::new(brokers, topic)?;
+    let started = Instant::now();
+    let mut sent = 0u64;
+    for event in generator {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        producer.send(event.key.as_bytes(), &event.payload)?;
+        sent += 1;
+        if rate > 0 && sent.is_multiple_of(100) {
+            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(ahead);
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30))?;
+    if !stop.load(Ordering::Relaxed) {
+        eprintln!(
+            "demo generator: all {sent} events sent; the server keeps running (Ctrl-C stops it)"
+        );
+    }
     Ok(())
+}
+
+/// A random key for this run (the process's random hash keys, 128 bits).
+fn demo_key() -> String {
+    let state = std::collections::hash_map::RandomState::new();
+    let mut a = state.build_hasher();
+    a.write_u64(std::process::id().into());
+    let mut b = std::collections::hash_map::RandomState::new().build_hasher();
+    b.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    format!("pk_demo_{:016x}{:016x}", a.finish(), b.finish())
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use patron_stream::kafka::produce::EventProducer;
 use patron_synth::{Generator, SynthConfig};
 
 use crate::{CmdResult, Failure};
@@ -70,11 +71,6 @@ fn params<const N: usize>(text: &str) -> Result<[f64; N], String> {
 }
 
 pub(crate) fn run(args: GenerateArgs) -> CmdResult {
-    if args.kafka.is_some() {
-        return Err(Failure::Usage(
-            "--kafka output is not available in this build yet; use --out".into(),
-        ));
-    }
     let start = crate::settings::parse_as_of(&args.start).map_err(Failure::Usage)?;
     let cfg = SynthConfig {
         customers: args.customers,
@@ -95,6 +91,10 @@ pub(crate) fn run(args: GenerateArgs) -> CmdResult {
     }
     let generator = Generator::try_new(cfg).map_err(|e| Failure::Usage(e.to_string()))?;
     let truth = generator.truth();
+    if let Some(brokers) = &args.kafka {
+        let topic = args.topic.as_deref().expect("clap requires --topic");
+        return produce(generator, brokers, topic);
+    }
     let out = args.out.expect("clap requires --out without --kafka");
     if out.extension().is_some_and(|e| e == "parquet") {
         if args.bad_rate > 0.0 || args.segment_spec_rate > 0.0 {
@@ -153,6 +153,33 @@ pub(crate) fn run(args: GenerateArgs) -> CmdResult {
             out.display()
         );
     }
+    Ok(())
+}
+
+/// Produces every event keyed by customer (or anonymous) id, waiting for acknowledgements.
+fn produce(generator: Generator, brokers: &str, topic: &str) -> CmdResult {
+    let mut producer = EventProducer::new(brokers, topic).map_err(Failure::runtime)?;
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {pos} events produced ({per_sec}) {elapsed}")
+            .expect("valid template"),
+    );
+    for (n, ev) in generator.enumerate() {
+        producer
+            .send(ev.key.as_bytes(), &ev.payload)
+            .map_err(Failure::runtime)?;
+        if n % 10_000 == 0 {
+            bar.set_position(n as u64);
+        }
+    }
+    producer
+        .flush(std::time::Duration::from_secs(120))
+        .map_err(Failure::runtime)?;
+    bar.finish_and_clear();
+    eprintln!(
+        "produced {} events to {topic} on {brokers}",
+        producer.sent()
+    );
     Ok(())
 }
 

@@ -6,6 +6,7 @@ pub(crate) mod fit;
 pub(crate) mod generate;
 pub(crate) mod query;
 pub(crate) mod replay;
+pub(crate) mod serve;
 
 use std::path::{Path, PathBuf};
 

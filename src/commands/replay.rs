@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -10,6 +10,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use patron_core::config::PatronConfig;
 use patron_store::Store;
 use patron_stream::input::{CsvMapping, InputFormat};
+use patron_stream::kafka::KafkaSource;
+use patron_stream::kafka::ingest::{self, IngestOptions, Mode, StartAt};
+use patron_stream::kafka::status::IngestStatus;
 use patron_stream::replay::{ReplayOptions, ReplayProgress, ReplaySummary, replay};
 
 use crate::{CmdResult, Failure};
@@ -33,7 +36,7 @@ pub(crate) enum FormatArg {
 #[derive(Debug, Args)]
 pub(crate) struct ReplayArgs {
     /// Input files (JSONL, CSV or Parquet), applied in the order given.
-    #[arg(long, required = true, num_args = 1.., value_name = "PATH")]
+    #[arg(long, required_unless_present = "from_kafka", num_args = 1.., value_name = "PATH")]
     input: Vec<PathBuf>,
     /// Input format; by default taken from each file's extension.
     #[arg(long, value_enum)]
@@ -44,9 +47,28 @@ pub(crate) struct ReplayArgs {
     /// Where rejected records go, one JSON line each. Default: `<store>.dead-letters.jsonl`.
     #[arg(long, value_name = "PATH")]
     dead_letter: Option<PathBuf>,
-    /// Kafka-style incremental source from a topic (available with the Kafka source).
-    #[arg(long, hide = true)]
+    /// Read a Kafka topic instead of files, up to its current end (needs --brokers, --topic,
+    /// --until-end). Rejected records go to `[source] dlq_topic` on the same brokers.
+    #[arg(long, conflicts_with = "input", requires_all = ["brokers", "topic", "until_end"], help_heading = "Kafka source")]
     from_kafka: bool,
+    /// Bootstrap servers, e.g. `127.0.0.1:9092`.
+    #[arg(long, value_name = "BROKERS", help_heading = "Kafka source")]
+    brokers: Option<String>,
+    #[arg(long, value_name = "TOPIC", help_heading = "Kafka source")]
+    topic: Option<String>,
+    /// Where partitions the store has never read start: `earliest`, or a time (RFC 3339 or
+    /// YYYY-MM-DD) resolved with the broker's offsets-for-times. Partitions with a stored
+    /// position resume from it.
+    #[arg(
+        long,
+        value_name = "earliest|TS",
+        default_value = "earliest",
+        help_heading = "Kafka source"
+    )]
+    start: String,
+    /// Stop at the end of every partition, as the fetch responses report it.
+    #[arg(long, help_heading = "Kafka source")]
+    until_end: bool,
     /// CSV: column with the customer id.
     #[arg(
         long,
@@ -91,12 +113,10 @@ fn delimiter(text: &str) -> Result<u8, Failure> {
 }
 
 pub(crate) fn run(args: ReplayArgs, config: PatronConfig) -> CmdResult {
+    let store_path = super::store_path(args.store.clone(), &config);
     if args.from_kafka {
-        return Err(Failure::Usage(
-            "--from-kafka is not available in this build yet; replay files with --input".into(),
-        ));
+        return from_kafka(args, config, store_path);
     }
-    let store_path = super::store_path(args.store, &config);
     let dead_letter = args.dead_letter.unwrap_or_else(|| {
         let mut p = store_path.clone().into_os_string();
         p.push(".dead-letters.jsonl");
@@ -141,6 +161,126 @@ pub(crate) fn run(args: ReplayArgs, config: PatronConfig) -> CmdResult {
         }
     })?;
     print_summary(&summary, &store_path, &dead_letter);
+    Ok(())
+}
+
+fn from_kafka(args: ReplayArgs, config: PatronConfig, store_path: PathBuf) -> CmdResult {
+    let start = match args.start.as_str() {
+        "earliest" => StartAt::Earliest,
+        ts => StartAt::Timestamp(crate::settings::parse_as_of(ts).map_err(|_| {
+            Failure::Usage(format!(
+                "--start `{ts}` is not `earliest`, an RFC 3339 timestamp or a YYYY-MM-DD date"
+            ))
+        })?),
+    };
+    let source = KafkaSource {
+        brokers: args.brokers.expect("clap requires --brokers"),
+        topic: args.topic.expect("clap requires --topic"),
+        group_id: format!("{}-replay", config.source.group_id),
+        dlq_topic: config.source.dlq_topic.clone(),
+        incarnation: String::new(),
+    };
+    let status = Arc::new(IngestStatus::new(
+        &source.position_key(),
+        &source.topic,
+        &source.dlq_topic,
+    ));
+    let opts = IngestOptions {
+        source,
+        mode: Mode::UntilEnd,
+        start,
+    };
+    let store = Store::open(&store_path).map_err(Failure::runtime)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let _ = ctrlc_on_thread(stop);
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} records ({per_sec}) {msg}",
+        )
+        .expect("valid template"),
+    );
+    let watcher = {
+        let (bar, status) = (bar.clone(), status.clone());
+        std::thread::spawn(move || {
+            while !bar.is_finished() {
+                let report = status.report();
+                let done = status.metrics.records.get();
+                let left: u64 = report
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        p.high_watermark
+                            .unwrap_or(0)
+                            .saturating_sub(p.applied_offset)
+                    })
+                    .sum();
+                bar.set_length(done + left);
+                bar.set_position(done);
+                bar.set_message(format!("{} rejected", status.rejected_total()));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let result = ingest::run(store, &config, &opts, status, &stop);
+    bar.finish_and_clear();
+    let _ = watcher.join();
+    let s = result.map_err(|e| {
+        if e.is_usage() {
+            Failure::Usage(e.to_string())
+        } else {
+            Failure::runtime(e)
+        }
+    })?;
+    println!(
+        "replay finished in {:.2}s: {} records, {:.0} events/s",
+        s.elapsed.as_secs_f64(),
+        s.records,
+        s.records as f64 / s.elapsed.as_secs_f64().max(1e-9)
+    );
+    println!("  applied     {}", s.applied);
+    println!("  duplicates  {}", s.duplicates);
+    println!("  rejected    {}", s.rejected_total());
+    for (reason, n) in &s.rejected {
+        println!("    {reason:<18}{n}");
+    }
+    println!(
+        "  checkpoints {} (p99 {:.1} ms)",
+        s.checkpoints,
+        s.checkpoint_p99.as_secs_f64() * 1e3
+    );
+    println!("  store       {}", store_path.display());
+    if s.dead_letters_pending > 0 {
+        println!(
+            "  {} dead letters are committed but not yet in {}; the next run sends them",
+            s.dead_letters_pending, config.source.dlq_topic
+        );
+    }
+    if !s.stopped.is_empty() {
+        let why: Vec<String> = s
+            .stopped
+            .iter()
+            .map(|(p, m)| format!("partition {p}: {m}"))
+            .collect();
+        return Err(Failure::Runtime(why.join("; ")));
+    }
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM sets `stop`; the replay checkpoints and returns.
+fn ctrlc_on_thread(stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        runtime.block_on(async {
+            let _ = tokio::signal::ctrl_c().await;
+        });
+        stop.store(true, Ordering::Relaxed);
+    });
     Ok(())
 }
 

@@ -104,6 +104,23 @@ pub struct Checkpoint {
     pub counters: StoreCounters,
     /// Other named singletons to write (for example a fitted model).
     pub meta: Vec<(String, Vec<u8>)>,
+    /// Dead letters to add to the outbox, by sequence number.
+    pub dead_letters: Vec<(u64, DeadLetterRecord)>,
+    /// Outbox entries the dead-letter topic has acknowledged, to remove.
+    pub dead_letters_delivered: Vec<u64>,
+}
+
+/// A rejected record waiting in the outbox for the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterRecord {
+    /// The rejection reason code (`malformed_json`, ...).
+    pub reason: String,
+    pub detail: String,
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
 }
 
 pub(crate) fn commit(db: &Database, cp: &Checkpoint) -> Result<()> {
@@ -141,6 +158,13 @@ pub(crate) fn commit(db: &Database, cp: &Checkpoint) -> Result<()> {
                 (p.source.as_str(), p.partition),
                 codec::encode(&rec).as_slice(),
             )?;
+        }
+        let mut outbox = txn.open_table(DEAD_LETTERS)?;
+        for (seq, letter) in &cp.dead_letters {
+            outbox.insert(*seq, codec::encode(letter).as_slice())?;
+        }
+        for seq in &cp.dead_letters_delivered {
+            outbox.remove(*seq)?;
         }
         let mut meta = txn.open_table(META)?;
         meta.insert(META_COUNTERS, codec::encode(&cp.counters).as_slice())?;

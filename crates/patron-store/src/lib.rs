@@ -24,7 +24,9 @@ use std::sync::Arc;
 
 use redb::ReadableDatabase;
 
-pub use checkpoint::{Checkpoint, DailyTotals, ProfileWrite, SourcePosition, StoreCounters};
+pub use checkpoint::{
+    Checkpoint, DailyTotals, DeadLetterRecord, ProfileWrite, SourcePosition, StoreCounters,
+};
 pub use reader::{StoreReader, StoredProfile};
 
 /// Everything that can go wrong in the store, with the file at fault.

@@ -4,7 +4,9 @@ use patron_core::state::CustomerState;
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable};
 
 use crate::Result;
-use crate::checkpoint::{DailyTotals, SourcePosition, StoreCounters, decode_position};
+use crate::checkpoint::{
+    DailyTotals, DeadLetterRecord, SourcePosition, StoreCounters, decode_position,
+};
 use crate::codec;
 use crate::tables::*;
 
@@ -174,6 +176,21 @@ impl StoreReader {
             out.push((
                 day,
                 codec::decode("daily_totals", &day.to_string(), v.value())?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The dead letters not yet acknowledged by the dead-letter topic, in sequence order.
+    pub fn pending_dead_letters(&self) -> Result<Vec<(u64, DeadLetterRecord)>> {
+        let table = self.txn.open_table(DEAD_LETTERS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            let seq = k.value();
+            out.push((
+                seq,
+                codec::decode("dead_letters", &seq.to_string(), v.value())?,
             ));
         }
         Ok(out)

@@ -17,12 +17,19 @@ pub const ALIASES: TableDefinition<'_, &str, &str> = TableDefinition::new("alias
 pub const POSITIONS: TableDefinition<'_, (&str, u32), &[u8]> = TableDefinition::new("positions");
 /// Epoch day -> daily totals record.
 pub const DAILY: TableDefinition<'_, i32, &[u8]> = TableDefinition::new("daily_totals");
+/// Dead-letter outbox: sequence number -> [`crate::DeadLetterRecord`], committed with the
+/// positions that passed the rejected records and removed once the dead-letter topic has them.
+pub const DEAD_LETTERS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("dead_letters");
 /// Named singletons: format version, counters, as_of, fitted models.
 pub const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 
 pub const META_FORMAT: &str = "format_version";
 pub const META_COUNTERS: &str = "counters";
 pub const META_CLV_MODEL: &str = "clv_model";
+/// The next dead-letter sequence number (u64, little-endian).
+pub const META_DEAD_LETTER_SEQ: &str = "dead_letter_seq";
+/// The dead-letter topic offset of the last delivery the store knows of (i64, little-endian).
+pub const META_DEAD_LETTER_OFFSET: &str = "dead_letter_offset";
 
 pub(crate) fn initialise(db: &Database, path: &Path) -> Result<()> {
     {
@@ -39,6 +46,14 @@ pub(crate) fn initialise(db: &Database, path: &Path) -> Result<()> {
                     expected: FORMAT_VERSION,
                 });
             }
+            if read.open_table(DEAD_LETTERS).is_ok() {
+                return Ok(());
+            }
+            // A store from before the dead-letter outbox: add the table.
+            drop(read);
+            let write = db.begin_write()?;
+            write.open_table(DEAD_LETTERS)?;
+            write.commit()?;
             return Ok(());
         }
     }
@@ -48,6 +63,7 @@ pub(crate) fn initialise(db: &Database, path: &Path) -> Result<()> {
         write.open_table(ALIASES)?;
         write.open_table(POSITIONS)?;
         write.open_table(DAILY)?;
+        write.open_table(DEAD_LETTERS)?;
         let mut meta = write.open_table(META)?;
         meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
     }

@@ -12,7 +12,8 @@ use patron_core::event::{Event, EventBody};
 use patron_core::state::{ApplyContext, ApplyOutcome, CustomerState};
 use patron_core::time::day_index;
 use patron_store::{
-    Checkpoint, DailyTotals, ProfileWrite, SourcePosition, Store, StoreCounters, StoreReader,
+    Checkpoint, DailyTotals, DeadLetterRecord, ProfileWrite, SourcePosition, Store, StoreCounters,
+    StoreReader,
 };
 
 use crate::Result;
@@ -47,6 +48,15 @@ pub struct Applier {
     uncommitted: u64,
     /// Profiles kept in memory across checkpoints; above it the cache is dropped after a commit.
     cache_limit: usize,
+    /// Outbox changes and singletons to write with the next checkpoint.
+    staged: Staged,
+}
+
+#[derive(Default)]
+struct Staged {
+    dead_letters: Vec<(u64, DeadLetterRecord)>,
+    delivered: Vec<u64>,
+    meta: Vec<(String, Vec<u8>)>,
 }
 
 impl Applier {
@@ -67,6 +77,7 @@ impl Applier {
             positions: HashMap::new(),
             uncommitted: 0,
             cache_limit: 500_000,
+            staged: Staged::default(),
         })
     }
 
@@ -112,6 +123,26 @@ impl Applier {
             .entry(reason.code().to_owned())
             .or_default() += 1;
         self.uncommitted += 1;
+    }
+
+    /// Adds a dead letter to the outbox with the next checkpoint.
+    pub fn stage_dead_letter(&mut self, seq: u64, letter: DeadLetterRecord) {
+        self.staged.dead_letters.push((seq, letter));
+    }
+
+    /// Removes acknowledged dead letters from the outbox with the next checkpoint.
+    pub fn stage_delivered(&mut self, seqs: impl IntoIterator<Item = u64>) {
+        self.staged.delivered.extend(seqs);
+    }
+
+    /// Writes a named singleton with the next checkpoint.
+    pub fn stage_meta(&mut self, key: &str, value: Vec<u8>) {
+        self.staged.meta.push((key.to_owned(), value));
+    }
+
+    /// A read snapshot as of the last checkpoint.
+    pub fn snapshot(&self) -> &StoreReader {
+        &self.snapshot
     }
 
     fn resolve(&self, id: &str) -> String {
@@ -283,6 +314,10 @@ impl Applier {
             .collect();
         cp.positions = self.positions.values().cloned().collect();
         cp.counters = self.counters.clone();
+        let staged = std::mem::take(&mut self.staged);
+        cp.dead_letters = staged.dead_letters;
+        cp.dead_letters_delivered = staged.delivered;
+        cp.meta = staged.meta;
         self.store.commit(&cp)?;
         self.snapshot = self.store.reader()?;
         self.profiles.retain(|_, p| p.state.is_some());

@@ -4,6 +4,7 @@
 //! - [`applier`]: the writer side: cached profiles, identity merges, daily totals, checkpoints.
 //! - [`dead_letter`]: the file dead-letter sink, truncated to its committed length on reopen.
 //! - [`events_parquet`]: the Parquet layout of native events (written by `generate`).
+//! - [`kafka`]: the Kafka source, dead-letter topic, embedded broker, status and metrics.
 //! - [`input`]: file inputs (JSONL, CSV with a column mapping, Parquet) as positioned records.
 //! - [`replay`]: `patron replay` over files: read, decode in parallel, apply in order, checkpoint.
 
@@ -11,6 +12,7 @@ pub mod applier;
 pub mod dead_letter;
 pub mod events_parquet;
 pub mod input;
+pub mod kafka;
 pub mod replay;
 
 use std::path::PathBuf;
@@ -28,6 +30,9 @@ pub enum StreamError {
     /// A usage mistake, such as a CSV column that does not exist (exit code 2).
     #[error("{0}")]
     Usage(String),
+    /// The broker or the Kafka client failed.
+    #[error("{0}")]
+    Source(String),
     #[error(transparent)]
     Store(#[from] patron_store::StoreError),
 }

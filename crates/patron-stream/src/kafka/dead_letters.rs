@@ -1,0 +1,306 @@
+//! The dead-letter topic, fed exactly once through an outbox in the store.
+//!
+//! A rejected record becomes an outbox entry with a sequence number, and the entry is committed
+//! in the same transaction as the offsets that passed the record. Only committed entries are
+//! produced; an entry leaves the outbox (in a later checkpoint) once the topic acknowledged it.
+//!
+//! A crash between the acknowledgement and that later checkpoint would send the entry again. So
+//! when the process starts with a non-empty outbox, it first reads the topic's tail (from the
+//! last offset the store knows was delivered) and drops every entry whose store id and sequence
+//! number are already there. Every dead letter reaches the topic once.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use patron_store::tables::{META_DEAD_LETTER_OFFSET, META_DEAD_LETTER_SEQ};
+use patron_store::{DeadLetterRecord, StoreReader};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tracing::{info, warn};
+
+use super::{client_config, headers};
+use crate::applier::Applier;
+use crate::{Result, StreamError};
+
+/// Names this store in dead-letter headers, so several stores can share one topic.
+const META_STORE_ID: &str = "store_id";
+/// How long one forwarding round waits for acknowledgements before the writer moves on.
+const FLUSH_WAIT: Duration = Duration::from_secs(5);
+const RECONCILE_WAIT: Duration = Duration::from_secs(15);
+
+#[derive(Default)]
+struct DeliveryLog {
+    results: Mutex<Vec<(u64, std::result::Result<i64, String>)>>,
+}
+
+impl ClientContext for DeliveryLog {}
+
+impl ProducerContext for DeliveryLog {
+    type DeliveryOpaque = Box<u64>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: Box<u64>) {
+        let outcome = match result {
+            Ok(m) => Ok(m.offset()),
+            Err((e, _)) => Err(e.to_string()),
+        };
+        self.results
+            .lock()
+            .expect("delivery log")
+            .push((*seq, outcome));
+    }
+}
+
+pub struct DeadLetterForwarder {
+    topic: String,
+    brokers: String,
+    store_id: String,
+    producer: BaseProducer<DeliveryLog>,
+    next_seq: u64,
+    /// Committed and not yet acknowledged.
+    outbox: BTreeMap<u64, DeadLetterRecord>,
+    /// Staged in the applier, committed by the next checkpoint.
+    staged: Vec<(u64, DeadLetterRecord)>,
+    in_flight: HashSet<u64>,
+    /// Acknowledged; removed from the store's outbox by the next checkpoint.
+    acknowledged: Vec<u64>,
+    last_offset: Option<i64>,
+    reconciled: bool,
+    store_id_written: bool,
+    last_warning: Option<Instant>,
+}
+
+impl DeadLetterForwarder {
+    /// Loads the committed outbox. `reader` must be a snapshot of the store the applier writes.
+    pub fn open(brokers: &str, topic: &str, reader: &StoreReader) -> Result<Self> {
+        let producer = client_config(brokers)
+            .set("acks", "all")
+            .set("max.in.flight.requests.per.connection", "1")
+            .set("message.timeout.ms", "30000")
+            .create_with_context(DeliveryLog::default())
+            .map_err(|e| StreamError::Source(format!("dead-letter producer: {e}")))?;
+        let u64_meta = |key: &str| -> Result<Option<u64>> {
+            Ok(reader
+                .meta(key)?
+                .and_then(|b| b.try_into().ok().map(u64::from_le_bytes)))
+        };
+        let next_seq = u64_meta(META_DEAD_LETTER_SEQ)?.unwrap_or(0);
+        let last_offset = reader
+            .meta(META_DEAD_LETTER_OFFSET)?
+            .and_then(|b| b.try_into().ok().map(i64::from_le_bytes));
+        let (store_id, store_id_written) = match reader.meta(META_STORE_ID)? {
+            Some(id) => (String::from_utf8_lossy(&id).into_owned(), true),
+            None => (new_store_id(), false),
+        };
+        let outbox: BTreeMap<u64, DeadLetterRecord> =
+            reader.pending_dead_letters()?.into_iter().collect();
+        Ok(Self {
+            topic: topic.to_owned(),
+            brokers: brokers.to_owned(),
+            store_id,
+            producer,
+            next_seq,
+            reconciled: outbox.is_empty(),
+            outbox,
+            staged: Vec::new(),
+            in_flight: HashSet::new(),
+            acknowledged: Vec::new(),
+            last_offset,
+            store_id_written,
+            last_warning: None,
+        })
+    }
+
+    /// Dead letters committed or staged and not yet acknowledged.
+    pub fn pending(&self) -> u64 {
+        (self.outbox.len() + self.staged.len()) as u64
+    }
+
+    /// Whether a checkpoint would change anything for the outbox.
+    pub fn has_work(&self) -> bool {
+        !self.outbox.is_empty() || !self.staged.is_empty() || !self.acknowledged.is_empty()
+    }
+
+    /// Adds a dead letter; it is written with the next checkpoint.
+    pub fn reject(&mut self, applier: &mut Applier, letter: DeadLetterRecord) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        applier.stage_dead_letter(seq, letter.clone());
+        self.staged.push((seq, letter));
+    }
+
+    /// Stages the sequence counter and the acknowledged entries with the next checkpoint.
+    pub fn before_checkpoint(&mut self, applier: &mut Applier) {
+        applier.stage_meta(META_DEAD_LETTER_SEQ, self.next_seq.to_le_bytes().to_vec());
+        applier.stage_delivered(std::mem::take(&mut self.acknowledged));
+        if let Some(offset) = self.last_offset {
+            applier.stage_meta(META_DEAD_LETTER_OFFSET, offset.to_le_bytes().to_vec());
+        }
+        if !self.store_id_written {
+            applier.stage_meta(META_STORE_ID, self.store_id.as_bytes().to_vec());
+            self.store_id_written = true;
+        }
+    }
+
+    /// After a checkpoint committed: sends what is now durable. Returns how many the topic
+    /// acknowledged in this round.
+    pub fn after_checkpoint(&mut self) -> u64 {
+        self.outbox.extend(self.staged.drain(..));
+        if self.outbox.is_empty() && self.in_flight.is_empty() {
+            return 0;
+        }
+        if !self.reconciled {
+            match self.reconcile() {
+                Ok(()) => self.reconciled = true,
+                Err(e) => {
+                    let message = format!(
+                        "dead letters wait: cannot read {} to check for earlier deliveries: {e}",
+                        self.topic
+                    );
+                    warn_limited(&mut self.last_warning, message);
+                    return 0;
+                }
+            }
+        }
+        for (seq, letter) in &self.outbox {
+            if self.in_flight.contains(seq) {
+                continue;
+            }
+            let mut hdrs = OwnedHeaders::new_with_capacity(7);
+            let partition = letter.partition.to_string();
+            let offset = letter.offset.to_string();
+            let seq_text = seq.to_string();
+            for (key, value) in [
+                (headers::REASON, letter.reason.as_str()),
+                (headers::DETAIL, letter.detail.as_str()),
+                (headers::SOURCE_TOPIC, letter.topic.as_str()),
+                (headers::SOURCE_PARTITION, partition.as_str()),
+                (headers::SOURCE_OFFSET, offset.as_str()),
+                (headers::SEQ, seq_text.as_str()),
+                (headers::STORE, self.store_id.as_str()),
+            ] {
+                hdrs = hdrs.insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            }
+            let mut record = BaseRecord::with_opaque_to(&self.topic, Box::new(*seq))
+                .partition(0)
+                .payload(letter.payload.as_slice())
+                .headers(hdrs);
+            if let Some(key) = &letter.key {
+                record = record.key(key.as_slice());
+            }
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.in_flight.insert(*seq);
+                }
+                Err((e, _)) => {
+                    let message = format!("dead-letter produce to {} failed: {e}", self.topic);
+                    warn_limited(&mut self.last_warning, message);
+                    break;
+                }
+            }
+        }
+        let _ = self.producer.flush(FLUSH_WAIT);
+        let results = std::mem::take(&mut *self.producer.context().results.lock().expect("log"));
+        let mut delivered = 0;
+        for (seq, outcome) in results {
+            self.in_flight.remove(&seq);
+            match outcome {
+                Ok(offset) => {
+                    self.outbox.remove(&seq);
+                    self.acknowledged.push(seq);
+                    self.last_offset = Some(self.last_offset.map_or(offset, |o| o.max(offset)));
+                    delivered += 1;
+                }
+                Err(e) => {
+                    let message = format!("dead letter {seq} not delivered to {}: {e}", self.topic);
+                    warn_limited(&mut self.last_warning, message);
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Reads the topic from the last known delivery to its end and drops outbox entries that
+    /// are already there.
+    fn reconcile(&mut self) -> std::result::Result<(), String> {
+        let consumer: BaseConsumer = client_config(&self.brokers)
+            .set("group.id", "patron-dead-letter-check")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(|e: KafkaError| e.to_string())?;
+        let mut tpl = TopicPartitionList::new();
+        let start = self
+            .last_offset
+            .map_or(Offset::Beginning, |o| Offset::Offset(o + 1));
+        tpl.add_partition_offset(&self.topic, 0, start)
+            .map_err(|e| e.to_string())?;
+        consumer.assign(&tpl).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + RECONCILE_WAIT;
+        let mut found = 0u64;
+        loop {
+            if Instant::now() >= deadline {
+                return Err("timed out before the end of the topic".into());
+            }
+            match consumer.poll(Duration::from_millis(200)) {
+                None => continue,
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => return Err(e.to_string()),
+                Some(Ok(m)) => {
+                    let Some(hdrs) = m.headers() else { continue };
+                    let mut seq = None;
+                    let mut store = None;
+                    for h in hdrs.iter() {
+                        let text = h.value.and_then(|v| std::str::from_utf8(v).ok());
+                        match h.key {
+                            headers::SEQ => seq = text.and_then(|t| t.parse::<u64>().ok()),
+                            headers::STORE => store = text,
+                            _ => {}
+                        }
+                    }
+                    if store == Some(self.store_id.as_str())
+                        && let Some(seq) = seq
+                        && self.outbox.remove(&seq).is_some()
+                    {
+                        self.acknowledged.push(seq);
+                        found += 1;
+                        let offset = m.offset();
+                        self.last_offset = Some(self.last_offset.map_or(offset, |o| o.max(offset)));
+                    }
+                }
+            }
+        }
+        if found > 0 {
+            info!(
+                found,
+                topic = %self.topic,
+                "dead letters delivered before a restart were already in the topic; not sent again"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// One warning per 10 s at most: a missing topic must not flood the log.
+fn warn_limited(last: &mut Option<Instant>, message: String) {
+    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+        warn!("{message}");
+        *last = Some(Instant::now());
+    }
+}
+
+fn new_store_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mixed =
+        xxhash_rust::xxh3::xxh3_64(format!("{}-{}", now.as_nanos(), std::process::id()).as_bytes());
+    format!("{mixed:016x}")
+}

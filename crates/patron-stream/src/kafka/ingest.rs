@@ -1,0 +1,799 @@
+//! Kafka ingestion: consume, decode, apply, and checkpoint state with offsets.
+//!
+//! Two threads:
+//! - **Consumer** (the caller's thread): polls rdkafka, gathers records into batches, decodes
+//!   each batch on the rayon pool, and sends it down a bounded channel. Rebalance callbacks run
+//!   here, inside `poll`.
+//! - **Writer**: owns the [`Applier`]. It applies batches in order, and every
+//!   `[checkpoint] interval` or `max_events` commits profiles, positions (next offset per
+//!   partition) and dead letters in one redb transaction.
+//!
+//! Offsets live in the store, not in Kafka: on assignment the consumer asks the writer (through
+//! the same ordered channel, so every earlier batch is applied first) for the stored positions
+//! and seeks there. On revocation it flushes its partial batch, and the writer checkpoints
+//! before the partitions are released. Kafka commits are sent only so lag tools work.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use patron_core::config::PatronConfig;
+use patron_core::decode::{Decoder, Rejection};
+use patron_core::event::Event;
+use patron_core::state::{ApplyContext, ApplyOutcome};
+use patron_core::time::{Millis, now_millis};
+use patron_store::{DeadLetterRecord, SourcePosition, Store};
+use rayon::prelude::*;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tracing::{error, info, warn};
+
+use super::dead_letters::DeadLetterForwarder;
+use super::status::{IngestStatus, ReasonLabel};
+use super::{KafkaSource, client_config};
+use crate::applier::Applier;
+use crate::{Result, StreamError};
+
+/// Records per decoded batch, and the longest a partial batch waits.
+const BATCH_RECORDS: usize = 4096;
+const BATCH_WAIT: Duration = Duration::from_millis(20);
+const POLL_WAIT: Duration = Duration::from_millis(100);
+const BROKER_WAIT: Duration = Duration::from_secs(10);
+
+/// Where partitions with no stored position start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    Earliest,
+    /// The first offset at or after this time (the broker's offsets-for-times).
+    Timestamp(Millis),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `serve`: join the consumer group and follow the topic until stopped.
+    Follow,
+    /// `replay --from-kafka --until-end`: read every partition to its end, then return.
+    UntilEnd,
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    pub source: KafkaSource,
+    pub mode: Mode,
+    pub start: StartAt,
+}
+
+/// What one run did (not the store's lifetime totals).
+#[derive(Debug, Clone, Default)]
+pub struct IngestSummary {
+    pub records: u64,
+    pub applied: u64,
+    pub duplicates: u64,
+    pub rejected: BTreeMap<String, u64>,
+    pub elapsed: Duration,
+    pub checkpoints: u64,
+    pub checkpoint_p99: Duration,
+    pub dead_letters_pending: u64,
+    /// Partitions stopped on an error, with the reason.
+    pub stopped: Vec<(u32, String)>,
+}
+
+impl IngestSummary {
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+}
+
+/// Records gathered from `poll`, payloads and keys copied into one buffer.
+#[derive(Default)]
+struct RawBatch {
+    data: Vec<u8>,
+    records: Vec<RawRecord>,
+    started: Option<Instant>,
+}
+
+struct RawRecord {
+    partition: u32,
+    offset: u64,
+    key: Option<Range<usize>>,
+    payload: Range<usize>,
+}
+
+impl RawBatch {
+    fn push(&mut self, partition: u32, offset: u64, key: Option<&[u8]>, payload: &[u8]) {
+        let key = key.map(|k| {
+            let start = self.data.len();
+            self.data.extend_from_slice(k);
+            start..self.data.len()
+        });
+        let start = self.data.len();
+        self.data.extend_from_slice(payload);
+        self.records.push(RawRecord {
+            partition,
+            offset,
+            key,
+            payload: start..self.data.len(),
+        });
+        self.started.get_or_insert_with(Instant::now);
+    }
+}
+
+struct DecodedBatch {
+    raw: RawBatch,
+    decoded: Vec<std::result::Result<Event, Rejection>>,
+}
+
+enum Work {
+    Batch(DecodedBatch),
+    /// Stored positions of these partitions, answered after every earlier batch is applied.
+    Positions {
+        partitions: Vec<u32>,
+        reply: Sender<Vec<(u32, Option<SourcePosition>)>>,
+    },
+    /// Checkpoint now; the partitions are being released.
+    Release {
+        partitions: Vec<u32>,
+        reply: Sender<()>,
+    },
+}
+
+/// What the consumer thread knows about one assigned partition.
+struct Reading {
+    /// The next offset to read.
+    next: u64,
+    /// A record or the end of the partition arrived since assignment: the offset is valid.
+    confirmed: bool,
+    at_end: bool,
+    stopped: bool,
+}
+
+struct IngestContext {
+    topic: String,
+    incarnation: String,
+    start: StartAt,
+    work: Sender<Work>,
+    pending: Mutex<RawBatch>,
+    decoder: Decoder,
+    status: Arc<IngestStatus>,
+    reading: Mutex<BTreeMap<u32, Reading>>,
+    /// Set when the writer has gone away (it failed): the consumer stops.
+    writer_gone: AtomicBool,
+}
+
+impl ClientContext for IngestContext {
+    fn stats(&self, stats: Statistics) {
+        let up = stats
+            .brokers
+            .values()
+            .any(|b| b.nodeid >= 0 && b.state == "UP");
+        self.status.broker_connected.store(up, Ordering::Relaxed);
+        let reading = self.reading.lock().expect("reading lock");
+        if let Some(topic) = stats.topics.get(&self.topic) {
+            for (p, part) in &topic.partitions {
+                let Ok(p) = u32::try_from(*p) else { continue };
+                if part.hi_offset >= 0 && reading.contains_key(&p) {
+                    self.status.high_watermark(p, part.hi_offset as u64);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
+            return; // Reported through poll as well; the end of a partition is no error.
+        }
+        if matches!(
+            error,
+            KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)
+                | KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure)
+        ) {
+            self.status.broker_connected.store(false, Ordering::Relaxed);
+        }
+        warn!("kafka: {error}: {reason}");
+    }
+}
+
+impl ConsumerContext for IngestContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let partitions: Vec<u32> = tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .filter_map(|e| u32::try_from(e.partition()).ok())
+            .collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                info!(?partitions, "partitions assigned");
+                match self.assignment(consumer, &partitions) {
+                    Ok(list) => {
+                        if let Err(e) = consumer.assign(&list) {
+                            error!("cannot assign partitions {partitions:?}: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        error!("cannot restore positions for partitions {partitions:?}: {e}");
+                        let _ = consumer.assign(&TopicPartitionList::new());
+                    }
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                info!(
+                    ?partitions,
+                    "partitions revoked: checkpointing before release"
+                );
+                self.release(&partitions);
+                let _ = consumer.unassign();
+            }
+            other => {
+                error!("rebalance failed: {other:?}; releasing every partition");
+                let all: Vec<u32> = self
+                    .reading
+                    .lock()
+                    .expect("reading lock")
+                    .keys()
+                    .copied()
+                    .collect();
+                self.release(&all);
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+impl IngestContext {
+    /// Decodes the partial batch and hands it to the writer. False when the writer is gone.
+    fn flush(&self) -> bool {
+        let raw = std::mem::take(&mut *self.pending.lock().expect("pending lock"));
+        if raw.records.is_empty() {
+            return !self.writer_gone.load(Ordering::Relaxed);
+        }
+        let now = now_millis();
+        let decoded = raw
+            .records
+            .par_iter()
+            .map(|r| self.decoder.decode(&raw.data[r.payload.clone()], now))
+            .collect();
+        self.send(Work::Batch(DecodedBatch { raw, decoded }))
+    }
+
+    fn send(&self, work: Work) -> bool {
+        if self.work.send(work).is_err() {
+            self.writer_gone.store(true, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// The offsets to read `partitions` from: stored positions, else the start policy.
+    fn assignment(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partitions: &[u32],
+    ) -> Result<TopicPartitionList> {
+        self.flush();
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        if !self.send(Work::Positions {
+            partitions: partitions.to_vec(),
+            reply,
+        }) {
+            return Err(StreamError::Source("the writer stopped".into()));
+        }
+        let positions = answer
+            .recv()
+            .map_err(|_| StreamError::Source("the writer stopped".into()))?;
+        let mut list = TopicPartitionList::new();
+        let mut fresh = Vec::new();
+        let mut reading = self.reading.lock().expect("reading lock");
+        for (p, stored) in positions {
+            let next = match stored {
+                Some(pos) if pos.incarnation == self.incarnation => Some(pos.next_offset),
+                Some(pos) => {
+                    warn!(
+                        partition = p,
+                        old = %pos.incarnation,
+                        new = %self.incarnation,
+                        "the store's position (offset {}) belongs to an earlier log; reading the new log from its start (state carries over)",
+                        pos.next_offset
+                    );
+                    None
+                }
+                None => None,
+            };
+            match next {
+                Some(n) => {
+                    list.add_partition_offset(&self.topic, p as i32, Offset::Offset(n as i64))
+                        .map_err(|e| StreamError::Source(e.to_string()))?;
+                    reading.insert(p, new_reading(n));
+                    self.status.assigned(p, n);
+                }
+                None => fresh.push(p),
+            }
+        }
+        drop(reading);
+        for (p, offset) in self.start_offsets(consumer, &fresh)? {
+            list.add_partition_offset(&self.topic, p as i32, offset)
+                .map_err(|e| StreamError::Source(e.to_string()))?;
+            let next = match offset {
+                Offset::Offset(n) => n.max(0) as u64,
+                _ => 0,
+            };
+            self.reading
+                .lock()
+                .expect("reading lock")
+                .insert(p, new_reading(next));
+            self.status.assigned(p, 0);
+        }
+        Ok(list)
+    }
+
+    fn start_offsets(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        partitions: &[u32],
+    ) -> Result<Vec<(u32, Offset)>> {
+        match self.start {
+            StartAt::Earliest => Ok(partitions.iter().map(|&p| (p, Offset::Beginning)).collect()),
+            StartAt::Timestamp(ts) if !partitions.is_empty() => {
+                let mut query = TopicPartitionList::new();
+                for &p in partitions {
+                    query
+                        .add_partition_offset(&self.topic, p as i32, Offset::Offset(ts))
+                        .map_err(|e| StreamError::Source(e.to_string()))?;
+                }
+                let found = consumer
+                    .offsets_for_times(query, BROKER_WAIT)
+                    .map_err(|e| StreamError::Source(format!("offsets for --start: {e}")))?;
+                Ok(found
+                    .elements()
+                    .iter()
+                    .filter_map(|e| {
+                        let p = u32::try_from(e.partition()).ok()?;
+                        Some((p, e.offset()))
+                    })
+                    .collect())
+            }
+            StartAt::Timestamp(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Checkpoints everything read from `partitions`, then forgets them.
+    fn release(&self, partitions: &[u32]) {
+        if partitions.is_empty() {
+            return;
+        }
+        self.flush();
+        let (reply, done) = crossbeam_channel::bounded(1);
+        if self.send(Work::Release {
+            partitions: partitions.to_vec(),
+            reply,
+        }) {
+            let _ = done.recv();
+        }
+        let mut reading = self.reading.lock().expect("reading lock");
+        for p in partitions {
+            reading.remove(p);
+        }
+    }
+
+    /// After an offset-out-of-range error: finds the partition whose position is outside the
+    /// log. Ahead of the log end (a recreated or truncated topic) stops the partition; behind
+    /// the log start (records deleted before they were read) is reported and skipped forward.
+    fn check_ranges(&self, consumer: &BaseConsumer<Self>) {
+        let suspects: Vec<(u32, u64)> = self
+            .reading
+            .lock()
+            .expect("reading lock")
+            .iter()
+            .filter(|(_, r)| !r.confirmed && !r.stopped)
+            .map(|(p, r)| (*p, r.next))
+            .collect();
+        for (p, next) in suspects {
+            let Ok((low, high)) = consumer.fetch_watermarks(&self.topic, p as i32, BROKER_WAIT)
+            else {
+                continue;
+            };
+            let (low, high) = (low.max(0) as u64, high.max(0) as u64);
+            if next > high {
+                let message = format!(
+                    "the store has read partition {p} of {} up to offset {next}, but the log ends at {high}: the topic was recreated or truncated. This partition is stopped; rebuild its state (replay) or restore the topic",
+                    self.topic
+                );
+                error!("{message}");
+                let mut tpl = TopicPartitionList::new();
+                let _ = tpl.add_partition(&self.topic, p as i32);
+                let _ = consumer.pause(&tpl);
+                self.status.stopped(p, message);
+                if let Some(r) = self.reading.lock().expect("reading lock").get_mut(&p) {
+                    r.stopped = true;
+                }
+            } else if next < low {
+                let message = format!(
+                    "partition {p}: offsets {next}..{low} were deleted by the broker before they were read ({} records lost); reading on from {low}",
+                    low - next
+                );
+                error!("{message}");
+                self.status.lost(p, message);
+                if consumer
+                    .seek(
+                        &self.topic,
+                        p as i32,
+                        Offset::Offset(low as i64),
+                        BROKER_WAIT,
+                    )
+                    .is_ok()
+                    && let Some(r) = self.reading.lock().expect("reading lock").get_mut(&p)
+                {
+                    r.next = low;
+                }
+            }
+        }
+    }
+}
+
+fn new_reading(next: u64) -> Reading {
+    Reading {
+        next,
+        confirmed: false,
+        at_end: false,
+        stopped: false,
+    }
+}
+
+/// Runs the pipeline on the calling thread until `stop` is set ([`Mode::Follow`]) or every
+/// partition reaches its end ([`Mode::UntilEnd`]); the last checkpoint is committed before
+/// it returns.
+pub fn run(
+    store: Store,
+    config: &PatronConfig,
+    opts: &IngestOptions,
+    status: Arc<IngestStatus>,
+    stop: &AtomicBool,
+) -> Result<IngestSummary> {
+    let started = Instant::now();
+    let applier = Applier::open(store, ApplyContext::from_config(config))?;
+    let forwarder = DeadLetterForwarder::open(
+        &opts.source.brokers,
+        &opts.source.dlq_topic,
+        applier.snapshot(),
+    )?;
+    let (work_tx, work_rx) = crossbeam_channel::bounded::<Work>(4);
+    let committed_offsets: Arc<Mutex<Vec<(u32, u64)>>> = Arc::default();
+    let writer = Writer {
+        applier,
+        forwarder,
+        source_key: opts.source.position_key(),
+        incarnation: opts.source.incarnation.clone(),
+        topic: opts.source.topic.clone(),
+        status: status.clone(),
+        committed_offsets: committed_offsets.clone(),
+        offsets: BTreeMap::new(),
+        summary: IngestSummary::default(),
+        max_events: config.checkpoint.max_events.max(1),
+        interval: config.checkpoint.interval.max(Duration::from_millis(10)),
+        last_checkpoint: Instant::now(),
+        records_at_checkpoint: 0,
+    };
+    let context = IngestContext {
+        topic: opts.source.topic.clone(),
+        incarnation: opts.source.incarnation.clone(),
+        start: opts.start,
+        work: work_tx,
+        pending: Mutex::default(),
+        decoder: Decoder::from_config(config),
+        status: status.clone(),
+        reading: Mutex::default(),
+        writer_gone: AtomicBool::new(false),
+    };
+    let consumer: BaseConsumer<IngestContext> = client_config(&opts.source.brokers)
+        .set("group.id", &opts.source.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        // A stored offset outside the log is an error to report, never a silent reset.
+        .set("auto.offset.reset", "error")
+        .set("partition.assignment.strategy", "range,roundrobin")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("statistics.interval.ms", "1000")
+        .set("fetch.wait.max.ms", "100")
+        .set("queued.max.messages.kbytes", "65536")
+        .create_with_context(context)
+        .map_err(|e| StreamError::Source(format!("kafka consumer: {e}")))?;
+
+    status.running.store(true, Ordering::Relaxed);
+    let result = std::thread::scope(|scope| {
+        let writer_thread = std::thread::Builder::new()
+            .name("patron-writer".into())
+            .spawn_scoped(scope, move || writer.run(work_rx))
+            .map_err(|e| StreamError::Source(format!("cannot start the writer thread: {e}")))?;
+        let consumed = consume(&consumer, opts, stop, &committed_offsets);
+        status.running.store(false, Ordering::Relaxed);
+        // Dropping the consumer leaves the group (its revoke callback checkpoints) and closes the
+        // channel; the writer then commits its last checkpoint and returns.
+        drop(consumer);
+        let written = writer_thread
+            .join()
+            .map_err(|_| StreamError::Source("the writer thread panicked".into()))?;
+        consumed?;
+        written
+    });
+    let mut summary = result?;
+    summary.elapsed = started.elapsed();
+    summary.checkpoint_p99 = status.checkpoint_quantile(0.99);
+    summary.stopped = status
+        .report()
+        .partitions
+        .into_iter()
+        .filter_map(|p| {
+            p.message
+                .filter(|_| p.state == super::status::PartitionState::Stopped)
+                .map(|m| (p.partition, m))
+        })
+        .collect();
+    Ok(summary)
+}
+
+/// The consumer loop.
+fn consume(
+    consumer: &BaseConsumer<IngestContext>,
+    opts: &IngestOptions,
+    stop: &AtomicBool,
+    committed_offsets: &Mutex<Vec<(u32, u64)>>,
+) -> Result<()> {
+    let ctx = consumer.context();
+    let topic = opts.source.topic.as_str();
+    match opts.mode {
+        Mode::Follow => consumer
+            .subscribe(&[topic])
+            .map_err(|e| StreamError::Source(format!("subscribe to {topic}: {e}")))?,
+        Mode::UntilEnd => {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), BROKER_WAIT)
+                .map_err(|e| StreamError::Source(format!("metadata of {topic}: {e}")))?;
+            let partitions: Vec<u32> = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic && t.error().is_none())
+                .flat_map(|t| t.partitions().iter().map(|p| p.id() as u32))
+                .collect();
+            if partitions.is_empty() {
+                return Err(StreamError::Usage(format!(
+                    "topic {topic} does not exist on {} (or has no partitions)",
+                    opts.source.brokers
+                )));
+            }
+            let list = ctx.assignment(consumer, &partitions)?;
+            consumer
+                .assign(&list)
+                .map_err(|e| StreamError::Source(format!("assign {topic}: {e}")))?;
+        }
+    }
+    loop {
+        if stop.load(Ordering::Relaxed) || ctx.writer_gone.load(Ordering::Relaxed) {
+            break;
+        }
+        if opts.mode == Mode::Follow {
+            let offsets = std::mem::take(&mut *committed_offsets.lock().expect("offsets lock"));
+            if !offsets.is_empty() {
+                commit_for_lag_tools(consumer, topic, &offsets);
+            }
+        }
+        let polled = consumer.poll(POLL_WAIT);
+        let mut flush_now = false;
+        match polled {
+            None => flush_now = true,
+            Some(Ok(m)) => {
+                let (Ok(p), Ok(offset)) = (u32::try_from(m.partition()), u64::try_from(m.offset()))
+                else {
+                    continue;
+                };
+                if let Some(r) = ctx.reading.lock().expect("reading lock").get_mut(&p) {
+                    r.next = offset + 1;
+                    r.confirmed = true;
+                    r.at_end = false;
+                }
+                let mut pending = ctx.pending.lock().expect("pending lock");
+                pending.push(p, offset, m.key(), m.payload().unwrap_or_default());
+                flush_now = pending.records.len() >= BATCH_RECORDS
+                    || pending.started.is_some_and(|s| s.elapsed() >= BATCH_WAIT);
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                flush_now = true;
+                let p = p as u32;
+                let next = {
+                    let mut reading = ctx.reading.lock().expect("reading lock");
+                    reading.get_mut(&p).map(|r| {
+                        r.confirmed = true;
+                        r.at_end = true;
+                        r.next
+                    })
+                };
+                ctx.status.end_of_partition(p, next);
+            }
+            Some(Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
+            ))) => {
+                ctx.check_ranges(consumer);
+            }
+            Some(Err(e)) => {
+                warn!("kafka consumer: {e}");
+            }
+        }
+        if flush_now && !ctx.flush() {
+            break;
+        }
+        if opts.mode == Mode::UntilEnd {
+            let reading = ctx.reading.lock().expect("reading lock");
+            if reading.values().all(|r| r.at_end || r.stopped) {
+                break;
+            }
+        }
+    }
+    ctx.flush();
+    Ok(())
+}
+
+fn commit_for_lag_tools(
+    consumer: &BaseConsumer<IngestContext>,
+    topic: &str,
+    offsets: &[(u32, u64)],
+) {
+    let mut tpl = TopicPartitionList::new();
+    for &(p, next) in offsets {
+        let _ = tpl.add_partition_offset(topic, p as i32, Offset::Offset(next as i64));
+    }
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        tracing::debug!("advisory offset commit failed: {e}");
+    }
+}
+
+struct Writer {
+    applier: Applier,
+    forwarder: DeadLetterForwarder,
+    source_key: String,
+    incarnation: String,
+    topic: String,
+    status: Arc<IngestStatus>,
+    committed_offsets: Arc<Mutex<Vec<(u32, u64)>>>,
+    /// Next offset applied per partition, this run.
+    offsets: BTreeMap<u32, u64>,
+    summary: IngestSummary,
+    max_events: u64,
+    interval: Duration,
+    last_checkpoint: Instant,
+    records_at_checkpoint: u64,
+}
+
+impl Writer {
+    fn run(mut self, work: Receiver<Work>) -> Result<IngestSummary> {
+        loop {
+            let wait = self
+                .interval
+                .saturating_sub(self.last_checkpoint.elapsed())
+                .max(Duration::from_millis(1));
+            match work.recv_timeout(wait) {
+                Ok(Work::Batch(batch)) => self.apply(batch)?,
+                Ok(Work::Positions { partitions, reply }) => {
+                    let mut out = Vec::with_capacity(partitions.len());
+                    for p in partitions {
+                        out.push((p, self.applier.position(&self.source_key, p)?));
+                    }
+                    let _ = reply.send(out);
+                }
+                Ok(Work::Release { partitions, reply }) => {
+                    self.checkpoint()?;
+                    for p in partitions {
+                        self.status.released(p);
+                    }
+                    let _ = reply.send(());
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.checkpoint()?;
+                    if self.forwarder.has_work() {
+                        // Record the deliveries of the last round, so a restart need not
+                        // look them up in the topic.
+                        self.checkpoint()?;
+                    }
+                    break;
+                }
+            }
+            let due = self.last_checkpoint.elapsed() >= self.interval
+                && (self.applier.uncommitted() > 0 || self.forwarder.has_work());
+            if self.applier.uncommitted() >= self.max_events || due {
+                self.checkpoint()?;
+            }
+        }
+        self.summary.dead_letters_pending = self.forwarder.pending();
+        self.summary.checkpoints = self.status.checkpoint_count();
+        Ok(self.summary)
+    }
+
+    fn apply(&mut self, batch: DecodedBatch) -> Result<()> {
+        let DecodedBatch { raw, decoded } = batch;
+        let mut last: HashMap<u32, u64> = HashMap::new();
+        let (mut applied, mut duplicates) = (0u64, 0u64);
+        for (record, result) in raw.records.iter().zip(decoded) {
+            match result {
+                Ok(event) => match self.applier.apply(&event, record.partition)? {
+                    ApplyOutcome::Applied => applied += 1,
+                    ApplyOutcome::Duplicate => duplicates += 1,
+                },
+                Err(rejection) => {
+                    let code = rejection.reason.code();
+                    self.applier.record_rejection(rejection.reason);
+                    *self.summary.rejected.entry(code.to_owned()).or_default() += 1;
+                    self.status
+                        .metrics
+                        .rejected
+                        .get_or_create(&ReasonLabel {
+                            reason: code.to_owned(),
+                        })
+                        .inc();
+                    let letter = DeadLetterRecord {
+                        reason: code.to_owned(),
+                        detail: rejection.detail,
+                        topic: self.topic.clone(),
+                        partition: record.partition,
+                        offset: record.offset,
+                        key: record.key.clone().map(|k| raw.data[k].to_vec()),
+                        payload: raw.data[record.payload.clone()].to_vec(),
+                    };
+                    self.forwarder.reject(&mut self.applier, letter);
+                }
+            }
+            last.insert(record.partition, record.offset + 1);
+        }
+        let n = raw.records.len() as u64;
+        self.summary.records += n;
+        self.summary.applied += applied;
+        self.summary.duplicates += duplicates;
+        let m = &self.status.metrics;
+        m.records.inc_by(n);
+        m.applied.inc_by(applied);
+        m.duplicates.inc_by(duplicates);
+        for (p, next) in last {
+            self.offsets.insert(p, next);
+            self.status.applied_through(p, next);
+            self.applier.set_position(SourcePosition {
+                source: self.source_key.clone(),
+                partition: p,
+                next_offset: next,
+                incarnation: self.incarnation.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<()> {
+        self.forwarder.before_checkpoint(&mut self.applier);
+        let stats = self.applier.checkpoint()?;
+        let offsets: Vec<(u32, u64)> = self.offsets.iter().map(|(p, n)| (*p, *n)).collect();
+        self.status
+            .committed(self.applier.counters(), &offsets, stats.duration);
+        *self.committed_offsets.lock().expect("offsets lock") = offsets;
+        let delivered = self.forwarder.after_checkpoint();
+        self.status
+            .dead_letters(self.forwarder.pending(), delivered);
+        let secs = self.last_checkpoint.elapsed().as_secs_f64().max(1e-3);
+        let records = self.summary.records - self.records_at_checkpoint;
+        self.status
+            .metrics
+            .events_per_second
+            .set(records as f64 / secs);
+        self.records_at_checkpoint = self.summary.records;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+}
