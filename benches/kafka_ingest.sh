@@ -35,7 +35,7 @@ echo "producing $CUSTOMERS customers' events to $TOPIC" >&2
     --kafka "$BROKER" --topic "$TOPIC" 2> "$WORK/generate.log"
 cat "$WORK/generate.log" >&2
 
-cargo bench -q --bench kafka_drain -- "$BROKER" "$TOPIC" | tee "$WORK/drain.out"
+cargo bench -q -p patron-stream --bench kafka_drain -- "$BROKER" "$TOPIC" | tee "$WORK/drain.out"
 RECORDS=$(awk '/^drained/ {print $2}' "$WORK/drain.out")
 BARE_SECS=$(awk '/^drained/ {print $7}' "$WORK/drain.out")
 
