@@ -53,7 +53,7 @@ fn main() {
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(m)) => {
                 records += 1;
-                bytes += rdkafka::Message::payload_len(&m) as u64;
+                bytes += rdkafka::Message::payload(&m).map_or(0, <[u8]>::len) as u64;
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 done.insert(p);

@@ -39,11 +39,13 @@ pub(crate) struct ServeArgs {
     insecure_no_auth: bool,
 }
 
+/// Produces traffic into the broker (given its bootstrap address) until the flag is set.
+pub(crate) type Traffic = Box<dyn FnOnce(String, Arc<AtomicBool>) + Send>;
+
 /// What `demo` adds to a plain `serve`.
 pub(crate) struct Extras {
-    /// Called once the broker is up, with its bootstrap address; runs on its own thread until
-    /// the flag is set.
-    pub(crate) traffic: Option<Box<dyn FnOnce(String, Arc<AtomicBool>) + Send>>,
+    /// Started on its own thread once the broker is up.
+    pub(crate) traffic: Option<Traffic>,
     /// Printed after the addresses.
     pub(crate) banner: Vec<String>,
 }
@@ -172,12 +174,15 @@ pub(crate) fn serve(
         std::thread::spawn(move || traffic(brokers, stop))
     });
 
-    let state = Arc::new(ApiState::new(
-        store.clone(),
-        status.clone(),
-        auth,
-        config.api.metrics_key.clone(),
-    ));
+    let state = Arc::new(
+        ApiState::new(
+            store.clone(),
+            status.clone(),
+            auth,
+            config.api.metrics_key.clone(),
+        )
+        .with_config(Arc::new(config.clone())),
+    );
     let runtime = super::runtime()?;
     let served: Result<(), Failure> = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&config.api.listen)

@@ -2,6 +2,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod kafka;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -10,7 +12,7 @@ pub fn patron() -> Command {
 }
 
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(manifest_dir())
 }
 
 pub fn golden(name: &str) -> PathBuf {
@@ -65,3 +67,9 @@ pub fn micros(text: &str) -> i64 {
 }
 
 pub const RFM_SQL: &str = "SELECT customer_id, frequency, monetary, recency_days, r_score, f_score, m_score, rfm_segment FROM customers ORDER BY customer_id";
+
+/// The package directory, read when the test runs: cargo sets it for test processes, and a
+/// test binary reused from a checkout elsewhere (one shared target dir) must not look there.
+fn manifest_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
+}

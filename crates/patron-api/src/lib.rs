@@ -1,22 +1,43 @@
 //! Patron's HTTP API (axum).
 //!
+//! Read paths open their own MVCC read snapshot of the store, so they never wait on the
+//! pipeline's writer thread. Population-relative figures (RFM ranks, segment membership) come
+//! from a [`view::View`] cached for at most `[kpi] refresh_interval`.
+//!
 //! Layout:
 //! - [`auth`]: bearer keys stored as SHA-256 hashes, nested roles.
-//! - [`error`]: the one JSON error shape, `{"error": {"code", "message"}}`.
-//! - [`routes`]: health, readiness, status and metrics.
+//! - [`error`]: the one JSON error shape, `{"error": {"code", "message"}}`, and the JSON body
+//!   extractor that keeps rejections in that shape.
+//! - [`view`]: the cached scoring view (snapshot tables, RFM distribution, CLV model).
+//! - [`customers`]: `GET /v1/customers/{id}`, the profile.
+//! - [`segments`]: segment counts and paged members.
+//! - [`query`]: read-only SQL with row and time limits; JSON or Arrow IPC.
+//! - [`model`]: the stored CLV model and on-demand refits.
+//! - [`http_metrics`]: per-route latency histograms and request counts.
+//! - [`routes`]: the router, health, readiness, status and metrics.
+//! - [`openapi`]: the OpenAPI 3 document, generated from the handlers.
 
 pub mod auth;
+pub mod customers;
 pub mod error;
+pub mod http_metrics;
+pub mod model;
+pub mod openapi;
+pub mod query;
 pub mod routes;
+pub mod segments;
+pub mod view;
 
 use std::sync::Arc;
 
+use patron_core::config::PatronConfig;
 use patron_store::Store;
 use patron_stream::kafka::status::IngestStatus;
 use prometheus_client::registry::Registry;
 
 pub use auth::Auth;
 pub use error::ApiError;
+pub use query::QueryLimits;
 
 /// Everything a handler can reach.
 pub struct ApiState {
@@ -26,6 +47,11 @@ pub struct ApiState {
     pub registry: Registry,
     /// The key `/metrics` wants, if any (`[api] metrics_key`); otherwise it is open.
     pub metrics_key: Option<String>,
+    /// Scoring, segments, CLV options and `[api]` limits. Defaults until [`ApiState::with_config`].
+    pub config: Arc<PatronConfig>,
+    pub views: view::ViewCache,
+    pub http: http_metrics::HttpMetrics,
+    pub query_limits: QueryLimits,
 }
 
 impl ApiState {
@@ -43,7 +69,24 @@ impl ApiState {
             auth,
             registry,
             metrics_key,
+            config: Arc::new(PatronConfig::default()),
+            views: view::ViewCache::default(),
+            http: http_metrics::HttpMetrics::default(),
+            query_limits: QueryLimits::default(),
         }
+    }
+
+    /// The configuration the routes score and limit with (segments, RFM map, clock, `[clv]`,
+    /// `[engagement]`, `[kpi] refresh_interval`, `[api] max_body_bytes`).
+    pub fn with_config(mut self, config: Arc<PatronConfig>) -> Self {
+        self.config = config;
+        self.views = view::ViewCache::default();
+        self
+    }
+
+    pub fn with_query_limits(mut self, limits: QueryLimits) -> Self {
+        self.query_limits = limits;
+        self
     }
 }
 

@@ -1,18 +1,19 @@
-//! Routes: liveness, readiness, ingest status and Prometheus metrics.
+//! The router, and the operational routes: liveness, readiness, ingest status, metrics.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use patron_core::config::Role;
 use serde_json::json;
 
-use crate::{ApiError, ApiState};
+use crate::error::ErrorBody;
+use crate::{ApiError, ApiState, customers, http_metrics, model, openapi, query, segments};
 
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
@@ -20,16 +21,40 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/v1/customers/{id}", get(customers::get_customer))
+        .route("/v1/segments", get(segments::list_segments))
+        .route(
+            "/v1/segments/{name}/customers",
+            get(segments::segment_customers),
+        )
+        .route("/v1/query", post(query::run_query))
+        .route("/v1/model", get(model::get_model))
+        .route("/v1/model/fit", post(model::fit_model))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.api.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            http_metrics::track,
+        ))
         .with_state(state)
 }
 
-async fn healthz() -> Json<serde_json::Value> {
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "the process is up", body = Object)))]
+pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// 200 when the store is open and the broker answers, else 503 with what is missing.
-async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "ready: store open and broker connected", body = Object),
+        (status = 503, description = "not ready; the body says what is missing", body = Object),
+    ))]
+pub async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
     let running = state
         .ingest
         .running
@@ -50,15 +75,37 @@ async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
     }
 }
 
-async fn status(
+/// Ingest status: per-partition offsets and lag, counts, as_of; and HTTP latency per route.
+#[utoipa::path(get, path = "/v1/status", tag = "operations",
+    responses(
+        (status = 200, description = "the ingest status report, plus `http`: latency quantiles and counts per route", body = Object),
+        (status = 401, description = "missing or unknown key", body = ErrorBody),
+        (status = 403, description = "the key's role is not reader or above", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn status(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
-) -> Result<Json<patron_stream::kafka::status::StatusReport>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     state.auth.require(&headers, Role::Reader)?;
-    Ok(Json(state.ingest.report()))
+    let mut report = serde_json::to_value(state.ingest.report()).map_err(ApiError::internal)?;
+    if let Some(obj) = report.as_object_mut() {
+        obj.insert(
+            "http".into(),
+            serde_json::to_value(state.http.summaries()).map_err(ApiError::internal)?,
+        );
+    }
+    Ok(Json(report))
 }
 
-async fn metrics(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+/// Prometheus metrics (OpenMetrics text): ingest throughput, lag, rejections, and HTTP latency
+/// quantiles (p50, p90, p99, p99.9) and request counts per route and status.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "OpenMetrics text", body = String, content_type = "application/openmetrics-text"),
+        (status = 401, description = "`[api] metrics_key` is set and was not presented", body = ErrorBody),
+    ))]
+pub async fn metrics(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
     if let Some(key) = &state.metrics_key {
         let presented = headers
             .get(AUTHORIZATION)
@@ -72,6 +119,12 @@ async fn metrics(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Resp
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &state.registry) {
         return ApiError::internal(e).into_response();
     }
+    // The HTTP families go before the registry's closing `# EOF`.
+    if text.ends_with("# EOF\n") {
+        text.truncate(text.len() - "# EOF\n".len());
+    }
+    state.http.encode(&mut text);
+    text.push_str("# EOF\n");
     (
         [(
             CONTENT_TYPE,
@@ -83,5 +136,13 @@ async fn metrics(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Resp
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
 }

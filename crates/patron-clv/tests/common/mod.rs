@@ -9,7 +9,7 @@ use patron_clv::{SpendRow, SummaryRow};
 
 /// The workspace root (two levels above this crate's manifest).
 pub(crate) fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    PathBuf::from(manifest_dir()).join("../..")
 }
 
 /// CDNOW summaries (2357 customers, weeks) with each repeat buyer's mean repeat spend.
@@ -152,4 +152,10 @@ pub(crate) fn simulate(
             SummaryRow::new(x, t_x, t)
         })
         .collect()
+}
+
+/// The package directory, read when the test runs: cargo sets it for test processes, and a
+/// test binary reused from a checkout elsewhere (one shared target dir) must not look there.
+fn manifest_dir() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
 }

@@ -46,6 +46,9 @@ const BATCH_RECORDS: usize = 4096;
 const BATCH_WAIT: Duration = Duration::from_millis(20);
 const POLL_WAIT: Duration = Duration::from_millis(100);
 const BROKER_WAIT: Duration = Duration::from_secs(10);
+/// An instance with no partitions rejoins its group after this long, then ever less often.
+const REJOIN_FIRST: Duration = Duration::from_secs(15);
+const REJOIN_MAX: Duration = Duration::from_secs(300);
 
 /// Where partitions with no stored position start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,7 +155,22 @@ struct Reading {
     confirmed: bool,
     at_end: bool,
     stopped: bool,
+    /// Reading from the log start (or the end): the first record's offset is whatever it is.
+    open_start: bool,
+    /// Re-reads done to check a jump in offsets past `next` (see [`GAP_REREADS`]).
+    gap_rereads: u32,
+    /// When a record last arrived (or the partition was assigned).
+    last_arrival: Instant,
 }
+
+/// A partition behind its high watermark that received nothing this long is re-read from
+/// further back (the broker may have skipped the rest of the batch holding its position).
+const STALL: Duration = Duration::from_secs(5);
+
+/// How far back a jump in offsets is re-read from, and how often (×10 each time), before the
+/// jump is accepted as a real gap in the log.
+const GAP_REREAD_BACK: u64 = 2_000;
+const GAP_REREADS: u32 = 3;
 
 struct IngestContext {
     topic: String,
@@ -314,7 +332,7 @@ impl IngestContext {
                 Some(n) => {
                     list.add_partition_offset(&self.topic, p as i32, Offset::Offset(n as i64))
                         .map_err(|e| StreamError::Source(e.to_string()))?;
-                    reading.insert(p, new_reading(n));
+                    reading.insert(p, new_reading(n, false));
                     self.status.assigned(p, n);
                 }
                 None => fresh.push(p),
@@ -324,14 +342,14 @@ impl IngestContext {
         for (p, offset) in self.start_offsets(consumer, &fresh)? {
             list.add_partition_offset(&self.topic, p as i32, offset)
                 .map_err(|e| StreamError::Source(e.to_string()))?;
-            let next = match offset {
-                Offset::Offset(n) => n.max(0) as u64,
-                _ => 0,
+            let reading = match offset {
+                Offset::Offset(n) => new_reading(n.max(0) as u64, false),
+                _ => new_reading(0, true),
             };
             self.reading
                 .lock()
                 .expect("reading lock")
-                .insert(p, new_reading(next));
+                .insert(p, reading);
             self.status.assigned(p, 0);
         }
         Ok(list)
@@ -441,13 +459,59 @@ impl IngestContext {
     }
 }
 
-fn new_reading(next: u64) -> Reading {
+fn new_reading(next: u64, open_start: bool) -> Reading {
     Reading {
         next,
         confirmed: false,
         at_end: false,
         stopped: false,
+        open_start,
+        gap_rereads: 0,
+        last_arrival: Instant::now(),
     }
+}
+
+/// What to do with a record the consumer received.
+enum Arrival {
+    Accept,
+    /// Before the position (a re-read after a seek back): already applied, drop it.
+    Drop,
+    /// Past the position: the broker skipped records. Seek back to this offset and re-read.
+    Reread(u64),
+}
+
+/// Checks a record's offset against the partition's position.
+///
+/// Some brokers (tansu 0.6) answer a fetch from an offset inside a record batch with the *next*
+/// batch, silently skipping the rest of the one holding the offset. A restart resumes from a
+/// stored offset that is usually inside a batch, so Patron checks that the first record is the
+/// one it asked for; if offsets jump, it re-reads from further back and drops what it already
+/// has. A jump that survives the re-reads is a real gap (compaction, transaction markers).
+fn arrival(r: &mut Reading, offset: u64) -> Arrival {
+    r.last_arrival = Instant::now();
+    if r.open_start {
+        r.open_start = false;
+        r.next = offset;
+    }
+    if offset < r.next {
+        return Arrival::Drop;
+    }
+    if offset > r.next && r.gap_rereads < GAP_REREADS {
+        let back = GAP_REREAD_BACK * 10u64.pow(r.gap_rereads);
+        r.gap_rereads += 1;
+        return Arrival::Reread(r.next.saturating_sub(back));
+    }
+    if offset > r.next {
+        warn!(
+            "offsets jump from {} to {offset}: treating it as a gap in the log",
+            r.next
+        );
+    }
+    r.gap_rereads = 0;
+    r.next = offset + 1;
+    r.confirmed = true;
+    r.at_end = false;
+    Arrival::Accept
 }
 
 /// Runs the pipeline on the calling thread until `stop` is set ([`Mode::Follow`]) or every
@@ -579,9 +643,33 @@ fn consume(
                 .map_err(|e| StreamError::Source(format!("assign {topic}: {e}")))?;
         }
     }
+    let mut last_unstall = Instant::now();
+    let mut idle_since = Instant::now();
+    let mut rejoin_after = REJOIN_FIRST;
     loop {
         if stop.load(Ordering::Relaxed) || ctx.writer_gone.load(Ordering::Relaxed) {
             break;
+        }
+        if last_unstall.elapsed() >= Duration::from_secs(1) {
+            last_unstall = Instant::now();
+            unstall(consumer, topic);
+            if opts.mode == Mode::Follow {
+                let assigned = !ctx.reading.lock().expect("reading lock").is_empty();
+                if assigned {
+                    idle_since = Instant::now();
+                    rejoin_after = REJOIN_FIRST;
+                } else if idle_since.elapsed() >= rejoin_after {
+                    // Some brokers (tansu 0.6) never hand out the partitions of a member that
+                    // died without leaving; joining again makes the group rebalance.
+                    info!("no partitions assigned for {rejoin_after:?}; joining the group again");
+                    consumer.unsubscribe();
+                    consumer
+                        .subscribe(&[topic])
+                        .map_err(|e| StreamError::Source(format!("subscribe to {topic}: {e}")))?;
+                    idle_since = Instant::now();
+                    rejoin_after = (rejoin_after * 2).min(REJOIN_MAX);
+                }
+            }
         }
         if opts.mode == Mode::Follow {
             let offsets = std::mem::take(&mut *committed_offsets.lock().expect("offsets lock"));
@@ -598,10 +686,20 @@ fn consume(
                 else {
                     continue;
                 };
-                if let Some(r) = ctx.reading.lock().expect("reading lock").get_mut(&p) {
-                    r.next = offset + 1;
-                    r.confirmed = true;
-                    r.at_end = false;
+                let verdict = ctx
+                    .reading
+                    .lock()
+                    .expect("reading lock")
+                    .get_mut(&p)
+                    .map_or(Arrival::Accept, |r| arrival(r, offset));
+                match verdict {
+                    Arrival::Accept => {}
+                    Arrival::Drop => continue,
+                    Arrival::Reread(from) => {
+                        drop(m);
+                        reread(consumer, topic, p, from);
+                        continue;
+                    }
                 }
                 let mut pending = ctx.pending.lock().expect("pending lock");
                 pending.push(p, offset, m.key(), m.payload().unwrap_or_default());
@@ -642,6 +740,49 @@ fn consume(
     }
     ctx.flush();
     Ok(())
+}
+
+/// Seeks partition `p` back to `from` (never below the log start) to re-read.
+fn reread(consumer: &BaseConsumer<IngestContext>, topic: &str, p: u32, from: u64) {
+    let low = consumer
+        .fetch_watermarks(topic, p as i32, BROKER_WAIT)
+        .map_or(0, |(low, _)| low.max(0) as u64);
+    let from = from.max(low);
+    tracing::debug!(partition = p, from, "offsets jumped; re-reading");
+    if let Err(e) = consumer.seek(topic, p as i32, Offset::Offset(from as i64), BROKER_WAIT) {
+        warn!("partition {p}: cannot seek back to {from}: {e}");
+    }
+}
+
+/// Partitions behind their high watermark that received nothing for [`STALL`]: re-read them
+/// from further back.
+fn unstall(consumer: &BaseConsumer<IngestContext>, topic: &str) {
+    let ctx = consumer.context();
+    let report = ctx.status.report();
+    let mut todo = Vec::new();
+    {
+        let mut reading = ctx.reading.lock().expect("reading lock");
+        for part in &report.partitions {
+            let Some(r) = reading.get_mut(&part.partition) else {
+                continue;
+            };
+            let behind = part.high_watermark.is_some_and(|hw| hw > r.next);
+            if behind
+                && !r.stopped
+                && !r.open_start
+                && r.last_arrival.elapsed() >= STALL
+                && r.gap_rereads < GAP_REREADS
+            {
+                let back = GAP_REREAD_BACK * 10u64.pow(r.gap_rereads);
+                r.gap_rereads += 1;
+                r.last_arrival = Instant::now();
+                todo.push((part.partition, r.next.saturating_sub(back)));
+            }
+        }
+    }
+    for (p, from) in todo {
+        reread(consumer, topic, p, from);
+    }
 }
 
 fn commit_for_lag_tools(

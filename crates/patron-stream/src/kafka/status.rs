@@ -128,12 +128,9 @@ impl IngestMetrics {
             rejected: Family::default(),
             lag: Family::default(),
             events_per_second: Gauge::default(),
-            checkpoint_seconds: Histogram::new(
-                [
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                ]
-                .into_iter(),
-            ),
+            checkpoint_seconds: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
             dead_letters_delivered: Counter::default(),
             dead_letters_pending: Gauge::default(),
         }

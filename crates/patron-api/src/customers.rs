@@ -1,0 +1,254 @@
+//! `GET /v1/customers/{id}`: one profile, read from a fresh read snapshot and scored against
+//! the cached [`View`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, Float64Array, Int64Array, ListBuilder, RecordBatch, StringArray,
+    StringBuilder, TimestampMillisecondArray, UInt8Array,
+};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use patron_core::config::{Clock, PatronConfig, Role};
+use patron_core::rfm::PROSPECT;
+use patron_core::state::CustomerState;
+use patron_core::time::{MILLIS_PER_DAY, Millis, now_millis, to_rfc3339};
+use patron_query::snapshot::customers_schema;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::ErrorBody;
+use crate::view::View;
+use crate::{ApiError, ApiState};
+
+/// A customer profile: state, scores, segments, CLV, engagement, affinity, traits, aliases.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Profile {
+    /// The canonical id (the requested id may have been an alias of it).
+    pub customer_id: String,
+    /// Ids merged into this profile (anonymous and previous ids).
+    pub aliases: Vec<String>,
+    /// The source partition that owns the profile.
+    pub partition: u32,
+    /// RFC 3339.
+    pub first_purchase: Option<String>,
+    pub last_purchase: Option<String>,
+    /// Number of purchase events.
+    pub frequency: u32,
+    /// Purchases minus refunds, base currency.
+    pub monetary: f64,
+    /// Gross purchases / frequency.
+    pub avg_order_value: Option<f64>,
+    /// (as_of − last_purchase) in days.
+    pub recency_days: Option<f64>,
+    pub r_score: Option<u8>,
+    pub f_score: Option<u8>,
+    pub m_score: Option<u8>,
+    pub rfm_segment: String,
+    /// User-defined segments (`[[segments]]`) the profile belongs to.
+    pub segments: Vec<String>,
+    pub p_alive: Option<f64>,
+    pub expected_purchases: Option<f64>,
+    pub expected_avg_value: Option<f64>,
+    pub clv: Option<f64>,
+    /// Decayed interaction counters per kind, at `as_of`.
+    pub engagement: BTreeMap<String, f64>,
+    /// Top categories by decayed spend, largest first.
+    pub affinity: Vec<CategoryAffinity>,
+    /// Traits from `identify` events.
+    #[schema(value_type = Object)]
+    pub traits: serde_json::Value,
+    pub first_seen: Option<String>,
+    pub last_seen: Option<String>,
+    /// The clock the time-relative figures use (RFC 3339).
+    pub as_of: Option<String>,
+    /// Age of the population ranking the scores and segments were computed against.
+    pub staleness_seconds: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CategoryAffinity {
+    pub category: String,
+    pub score: f64,
+}
+
+/// The profile of a customer or of any of its aliases.
+#[utoipa::path(
+    get,
+    path = "/v1/customers/{id}",
+    tag = "customers",
+    params(("id" = String, Path, description = "customer id, or an alias of one")),
+    responses(
+        (status = 200, description = "the profile", body = Profile),
+        (status = 401, description = "missing or unknown key", body = ErrorBody),
+        (status = 403, description = "the key's role is not reader or above", body = ErrorBody),
+        (status = 404, description = "no such customer", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_customer(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Profile>, ApiError> {
+    state.auth.require(&headers, Role::Reader)?;
+    let view = state.views.get(&state.store, &state.config).await?;
+    // A point read on its own MVCC snapshot: a few microseconds, never waits on the writer.
+    let reader = state.store.reader().map_err(ApiError::internal)?;
+    let stored = reader.profile(&id).map_err(ApiError::internal)?;
+    let counters = reader.counters().map_err(ApiError::internal)?;
+    drop(reader);
+    let Some(stored) = stored else {
+        return Err(ApiError::not_found(format!("no customer `{id}`")));
+    };
+    let as_of = match state.config.scoring.clock {
+        Clock::Event => counters.as_of,
+        Clock::Wall => Some(now_millis()),
+    };
+    profile(
+        &view,
+        &state.config,
+        stored.customer_id,
+        stored.scope,
+        &stored.state,
+        as_of,
+    )
+    .map(Json)
+}
+
+fn profile(
+    view: &View,
+    config: &PatronConfig,
+    customer_id: String,
+    partition: u32,
+    s: &CustomerState,
+    as_of: Option<Millis>,
+) -> Result<Profile, ApiError> {
+    let scores = match s.last_purchase {
+        Some(last) if s.frequency >= 1 => {
+            Some(view.distribution.scores(last, s.frequency, s.monetary()))
+        }
+        _ => None,
+    };
+    let rfm_segment = match scores {
+        Some(sc) => view.rfm_map.segment(sc.r, sc.f).to_owned(),
+        None => PROSPECT.to_owned(),
+    };
+    let recency_days = s
+        .last_purchase
+        .zip(as_of)
+        .filter(|_| s.frequency >= 1)
+        .map(|(last, t)| (t - last) as f64 / MILLIS_PER_DAY as f64);
+    let value = match (
+        &view.model,
+        view.clv_options,
+        as_of,
+        s.first_purchase,
+        s.last_purchase,
+    ) {
+        (Some(model), Some(opts), Some(t), Some(first), Some(last)) if s.frequency >= 1 => {
+            let unit = |ms: i64| ms as f64 / MILLIS_PER_DAY as f64 / opts.time_unit_days;
+            let mean = s.avg_repeat_value().map_or(0.0, |m| m.as_f64());
+            Some(model.model().score(
+                f64::from(s.frequency - 1),
+                unit(last - first),
+                unit((t - first).max(0)),
+                mean,
+                &opts,
+            ))
+        }
+        _ => None,
+    };
+    let traits_json = if s.traits.is_empty() {
+        "{}".to_owned()
+    } else {
+        s.traits_json()
+    };
+    let mut p = Profile {
+        customer_id,
+        aliases: s.aliases.clone(),
+        partition,
+        first_purchase: s.first_purchase.map(to_rfc3339),
+        last_purchase: s.last_purchase.map(to_rfc3339),
+        frequency: s.frequency,
+        monetary: s.monetary().as_f64(),
+        avg_order_value: s.avg_order_value().map(|m| m.as_f64()),
+        recency_days,
+        r_score: scores.map(|x| x.r),
+        f_score: scores.map(|x| x.f),
+        m_score: scores.map(|x| x.m),
+        rfm_segment,
+        segments: Vec::new(),
+        p_alive: value.map(|v| v.p_alive),
+        expected_purchases: value.map(|v| v.expected_purchases),
+        expected_avg_value: value.map(|v| v.expected_avg_value),
+        clv: value.map(|v| v.clv),
+        engagement: BTreeMap::new(),
+        affinity: Vec::new(),
+        traits: serde_json::from_str(&traits_json).map_err(ApiError::internal)?,
+        first_seen: (s.first_seen != Millis::MAX).then(|| to_rfc3339(s.first_seen)),
+        last_seen: (s.last_seen != Millis::MIN).then(|| to_rfc3339(s.last_seen)),
+        as_of: as_of.map(to_rfc3339),
+        staleness_seconds: view.built.elapsed().as_secs_f64(),
+    };
+    let now = as_of.unwrap_or_else(now_millis);
+    let half_life_ms = config.engagement.half_life.as_millis().max(1) as f64;
+    p.engagement = s
+        .engagement
+        .iter()
+        .map(|c| (c.key.clone(), c.value_at(now, half_life_ms)))
+        .collect();
+    p.affinity = s
+        .top_categories(config.engagement.top_categories, now, half_life_ms)
+        .into_iter()
+        .map(|(category, score)| CategoryAffinity { category, score })
+        .collect();
+    if !view.predicates.is_empty() {
+        let row = customers_row(&p, s, &traits_json)?;
+        for (name, predicate) in &view.predicates {
+            let mask = predicate.evaluate(&row).map_err(ApiError::internal)?;
+            if mask.is_valid(0) && mask.value(0) {
+                p.segments.push(name.clone());
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// The profile as one row of the `customers` table, so user segments are decided by the same
+/// predicates over the same columns as in SQL.
+fn customers_row(
+    p: &Profile,
+    s: &CustomerState,
+    traits_json: &str,
+) -> Result<RecordBatch, ApiError> {
+    let ts = |ms: Option<Millis>| {
+        Arc::new(TimestampMillisecondArray::from(vec![ms]).with_timezone("UTC")) as ArrayRef
+    };
+    let f = |v: Option<f64>| Arc::new(Float64Array::from(vec![v])) as ArrayRef;
+    let u = |v: Option<u8>| Arc::new(UInt8Array::from(vec![v])) as ArrayRef;
+    let mut segments = ListBuilder::new(StringBuilder::new());
+    segments.append(true);
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![p.customer_id.as_str()])),
+        ts(s.first_purchase),
+        ts(s.last_purchase),
+        Arc::new(Int64Array::from(vec![i64::from(p.frequency)])),
+        Arc::new(Float64Array::from(vec![p.monetary])),
+        f(p.avg_order_value),
+        f(p.recency_days),
+        u(p.r_score),
+        u(p.f_score),
+        u(p.m_score),
+        Arc::new(StringArray::from(vec![p.rfm_segment.as_str()])),
+        f(p.p_alive),
+        f(p.expected_purchases),
+        f(p.expected_avg_value),
+        f(p.clv),
+        Arc::new(segments.finish()),
+        Arc::new(StringArray::from(vec![traits_json])),
+    ];
+    RecordBatch::try_new(customers_schema(), columns).map_err(ApiError::internal)
+}

@@ -1,0 +1,148 @@
+//! The cached scoring view.
+//!
+//! RFM scores rank a customer against the whole population, and segment membership needs
+//! those scores, so they cannot come from one point lookup. A [`View`] reads the store once
+//! (the `customers` and `segments` tables of `patron-query`, the RFM distribution and the
+//! stored CLV model) and is shared by every request for at most `[kpi] refresh_interval`
+//! (at least 1 s). Building one is a full scan, so only one request builds at a time; while it
+//! does, the others keep answering from the previous view.
+//!
+//! Profiles still read their state from a fresh read snapshot; only the ranking they are scored
+//! against may be up to one refresh interval old (the contract allows a streaming
+//! approximation of the ranks).
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
+use patron_core::clv::ClvOptions;
+use patron_core::config::PatronConfig;
+use patron_core::money::Money;
+use patron_core::rfm::{PROSPECT, RfmDistribution, RfmMap};
+use patron_query::clv::{StoredModel, load_model};
+use patron_query::snapshot::{CompiledPredicate, customers_schema};
+use patron_query::{Snapshot, SnapshotOptions};
+use patron_store::Store;
+
+use crate::ApiError;
+
+pub struct View {
+    pub snapshot: Snapshot,
+    pub distribution: RfmDistribution,
+    pub rfm_map: RfmMap,
+    pub model: Option<StoredModel>,
+    pub clv_options: Option<ClvOptions>,
+    /// User-defined segments, compiled against the `customers` schema.
+    pub predicates: Vec<(String, CompiledPredicate)>,
+    pub built: Instant,
+}
+
+impl View {
+    pub fn build(store: &Store, config: &PatronConfig) -> Result<Self, ApiError> {
+        let model = load_model(store).map_err(ApiError::internal)?;
+        let clv_options = model.as_ref().map(|m| m.options(&config.clv));
+        let mut opts = SnapshotOptions::from_config(config);
+        opts.clv = model.as_ref().zip(clv_options).map(|(m, o)| (m.model(), o));
+        let snapshot = Snapshot::build(store, &opts).map_err(ApiError::internal)?;
+        let schema = customers_schema();
+        let predicates = config
+            .segments
+            .iter()
+            .map(|s| {
+                CompiledPredicate::compile(&s.predicate, &schema)
+                    .map(|p| (s.name.clone(), p))
+                    .map_err(|e| ApiError::internal(format!("segment `{}`: {e}", s.name)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            distribution: distribution(&snapshot),
+            snapshot,
+            rfm_map: opts.rfm_map,
+            model,
+            clv_options,
+            predicates,
+            built: Instant::now(),
+        })
+    }
+
+    /// Whether `name` is a segment: an RFM segment of the map, `Prospect`, or a user segment.
+    pub fn has_segment(&self, name: &str) -> bool {
+        if name == PROSPECT || self.predicates.iter().any(|(n, _)| n == name) {
+            return true;
+        }
+        let names = self.snapshot.segments.column(0).as_string::<i32>();
+        (0..names.len()).any(|i| names.value(i) == name)
+    }
+}
+
+/// The population the RFM ranks are computed against, from the snapshot's own columns (so the
+/// profile endpoint and the `customers` table rank alike).
+fn distribution(snapshot: &Snapshot) -> RfmDistribution {
+    let (mut last, mut freq, mut money) = (Vec::new(), Vec::new(), Vec::new());
+    for b in &snapshot.customers {
+        let col = |name: &str| b.column_by_name(name).expect("customers column");
+        let lp = col("last_purchase").as_primitive::<TimestampMillisecondType>();
+        let f = col("frequency").as_primitive::<Int64Type>();
+        let m = col("monetary").as_primitive::<Float64Type>();
+        for i in 0..b.num_rows() {
+            if f.value(i) >= 1 && lp.is_valid(i) {
+                last.push(lp.value(i));
+                freq.push(u32::try_from(f.value(i)).unwrap_or(u32::MAX));
+                money.push(Money::from_f64(m.value(i)).unwrap_or_default().0);
+            }
+        }
+    }
+    RfmDistribution::new(last, freq, money)
+}
+
+#[derive(Default)]
+pub struct ViewCache {
+    current: RwLock<Option<Arc<View>>>,
+    building: tokio::sync::Mutex<()>,
+}
+
+impl ViewCache {
+    fn current(&self) -> Option<Arc<View>> {
+        self.current.read().expect("view lock").clone()
+    }
+
+    fn fresh(&self, max_age: Duration) -> Option<Arc<View>> {
+        self.current().filter(|v| v.built.elapsed() < max_age)
+    }
+
+    /// Drops the cached view, so the next request reads the store again (after a refit).
+    pub fn invalidate(&self) {
+        *self.current.write().expect("view lock") = None;
+    }
+
+    /// The cached view, rebuilt on a blocking thread when older than the refresh interval.
+    pub async fn get(
+        &self,
+        store: &Store,
+        config: &Arc<PatronConfig>,
+    ) -> Result<Arc<View>, ApiError> {
+        let max_age = config.kpi.refresh_interval.max(Duration::from_secs(1));
+        if let Some(v) = self.fresh(max_age) {
+            return Ok(v);
+        }
+        let _guard = match self.building.try_lock() {
+            Ok(g) => g,
+            Err(_) => match self.current() {
+                // Another request is rebuilding: answer from the previous view meanwhile.
+                Some(v) => return Ok(v),
+                None => self.building.lock().await,
+            },
+        };
+        if let Some(v) = self.fresh(max_age) {
+            return Ok(v);
+        }
+        let (store, config) = (store.clone(), config.clone());
+        let view = tokio::task::spawn_blocking(move || View::build(&store, &config))
+            .await
+            .map_err(ApiError::internal)??;
+        let view = Arc::new(view);
+        *self.current.write().expect("view lock") = Some(view.clone());
+        Ok(view)
+    }
+}

@@ -1,0 +1,818 @@
+//! Handler tests on the Router (no network): every route's success, 404 and validation
+//! errors, the role matrix, SQL refusals and limits. The store is built by applying events
+//! with the real applier; expected values are worked out by hand from those events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use patron_api::auth::sha256_hex;
+use patron_api::{ApiState, Auth, QueryLimits};
+use patron_core::config::{ApiKeyConfig, PatronConfig, Role, SegmentConfig};
+use patron_core::decode::Decoder;
+use patron_core::state::ApplyContext;
+use patron_core::time::now_millis;
+use patron_store::Store;
+use patron_stream::applier::Applier;
+use patron_stream::kafka::status::IngestStatus;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const READER: &str = "reader-key";
+const MARKETING: &str = "marketing-key";
+const INGEST: &str = "ingest-key";
+const ADMIN: &str = "admin-key";
+
+fn config() -> PatronConfig {
+    let mut cfg = PatronConfig {
+        segments: vec![SegmentConfig {
+            name: "big".into(),
+            predicate: "monetary >= 150".into(),
+        }],
+        ..PatronConfig::default()
+    };
+    cfg.api.keys = [
+        ("r", Role::Reader, READER),
+        ("m", Role::Marketing, MARKETING),
+        ("i", Role::Ingest, INGEST),
+        ("a", Role::Admin, ADMIN),
+    ]
+    .into_iter()
+    .map(|(name, role, key)| ApiKeyConfig {
+        name: name.into(),
+        role,
+        sha256: sha256_hex(key),
+    })
+    .collect();
+    cfg
+}
+
+/// alice: 3 purchases (100, 50, 30), traits, 2 page views at as_of, alias anon-1.
+/// bob: 1 purchase (20). carol: 2 purchases (500, 500), last one is the newest event.
+/// dave: only an interaction (a prospect).
+fn events() -> Vec<Value> {
+    vec![
+        json!({"event_id": "e1", "type": "purchase", "ts": "2026-01-01T12:00:00Z", "customer_id": "alice",
+               "amount": 100, "items": [{"sku": "s1", "category": "shoes", "quantity": 1, "unit_price": 100}]}),
+        json!({"event_id": "e2", "type": "purchase", "ts": "2026-02-01T12:00:00Z", "customer_id": "alice", "amount": 50}),
+        json!({"event_id": "e3", "type": "purchase", "ts": "2026-03-01T12:00:00Z", "customer_id": "alice", "amount": "30.00"}),
+        json!({"event_id": "e4", "type": "identify", "ts": "2026-01-02T12:00:00Z", "customer_id": "alice", "traits": {"tier": "gold"}}),
+        json!({"event_id": "e5", "type": "interaction", "ts": "2026-03-10T12:00:00Z", "customer_id": "alice", "kind": "page_view"}),
+        json!({"event_id": "e6", "type": "interaction", "ts": "2026-03-10T12:00:00Z", "customer_id": "alice", "kind": "page_view"}),
+        json!({"event_id": "e7", "type": "alias", "ts": "2026-01-03T12:00:00Z", "customer_id": "alice", "previous_id": "anon-1"}),
+        json!({"event_id": "e8", "type": "purchase", "ts": "2026-01-15T12:00:00Z", "customer_id": "bob", "amount": 20}),
+        json!({"event_id": "e9", "type": "purchase", "ts": "2026-02-10T12:00:00Z", "customer_id": "carol", "amount": 500}),
+        json!({"event_id": "e10", "type": "purchase", "ts": "2026-03-10T12:00:00Z", "customer_id": "carol", "amount": 500}),
+        json!({"event_id": "e11", "type": "interaction", "ts": "2026-02-20T12:00:00Z", "customer_id": "dave", "kind": "email_open"}),
+    ]
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    app: Router,
+}
+
+fn write_store(cfg: &PatronConfig, payloads: &[Vec<u8>]) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("t.redb")).unwrap();
+    let mut applier = Applier::open(store.clone(), ApplyContext::from_config(cfg)).unwrap();
+    let decoder = Decoder::from_config(cfg);
+    for bytes in payloads {
+        let event = decoder.decode(bytes, now_millis()).unwrap();
+        applier.apply(&event, 0).unwrap();
+    }
+    applier.checkpoint().unwrap();
+    (dir, store)
+}
+
+fn fixture_with(cfg: PatronConfig, events: &[Value], limits: QueryLimits) -> Fixture {
+    let payloads: Vec<Vec<u8>> = events.iter().map(|e| e.to_string().into_bytes()).collect();
+    fixture_from(cfg, &payloads, limits)
+}
+
+fn fixture_from(cfg: PatronConfig, payloads: &[Vec<u8>], limits: QueryLimits) -> Fixture {
+    let (dir, store) = write_store(&cfg, payloads);
+    let auth = Auth::from_config(&cfg.api.keys).unwrap();
+    let state = ApiState::new(
+        store,
+        Arc::new(IngestStatus::new("kafka:t", "t", "dlq")),
+        auth,
+        None,
+    )
+    .with_config(Arc::new(cfg))
+    .with_query_limits(limits);
+    Fixture {
+        _dir: dir,
+        app: patron_api::router(Arc::new(state)),
+    }
+}
+
+fn fixture() -> Fixture {
+    fixture_with(config(), &events(), QueryLimits::default())
+}
+
+async fn call(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let (status, _, bytes) =
+        call_raw(app, method, uri, key, body.map(|b| b.to_string()), None).await;
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, json)
+}
+
+async fn call_raw(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    key: Option<&str>,
+    body: Option<String>,
+    accept: Option<&str>,
+) -> (StatusCode, String, Vec<u8>) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(k) = key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    if let Some(a) = accept {
+        req = req.header("accept", a);
+    }
+    let req = match body {
+        Some(b) => req
+            .header("content-type", "application/json")
+            .body(Body::from(b))
+            .unwrap(),
+        None => req.body(Body::empty()).unwrap(),
+    };
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, ctype, bytes.to_vec())
+}
+
+fn assert_error(body: &Value, code: &str) {
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+}
+
+#[tokio::test]
+async fn profile_has_state_scores_segments_and_aliases() {
+    let f = fixture();
+    let (status, p) = call(
+        &f.app,
+        Method::GET,
+        "/v1/customers/alice",
+        Some(READER),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{p}");
+    assert_eq!(p["customer_id"], "alice");
+    assert_eq!(p["aliases"], json!(["anon-1"]));
+    assert_eq!(p["frequency"], 3);
+    assert_eq!(p["monetary"], 180.0);
+    assert_eq!(p["avg_order_value"], 60.0);
+    assert_eq!(p["first_purchase"], "2026-01-01T12:00:00Z");
+    assert_eq!(p["last_purchase"], "2026-03-01T12:00:00Z");
+    // as_of is the newest event (carol's second purchase): 9 days after alice's last.
+    assert_eq!(p["as_of"], "2026-03-10T12:00:00Z");
+    assert_eq!(p["recency_days"], 9.0);
+    // Among alice, bob, carol: R worse = {bob} -> 1 + 5/3 = 2; F worse = {bob, carol} -> 4;
+    // M worse = {bob} -> 2. (2, 4) is At Risk.
+    assert_eq!(
+        (
+            p["r_score"].clone(),
+            p["f_score"].clone(),
+            p["m_score"].clone()
+        ),
+        (json!(2), json!(4), json!(2))
+    );
+    assert_eq!(p["rfm_segment"], "At Risk");
+    assert_eq!(p["segments"], json!(["big"]));
+    assert_eq!(p["traits"], json!({"tier": "gold"}));
+    // Both page views are at as_of: no decay.
+    assert_eq!(p["engagement"]["page_view"], 2.0);
+    assert_eq!(p["affinity"][0]["category"], "shoes");
+    // No model fitted yet.
+    assert_eq!(p["clv"], Value::Null);
+    assert_eq!(p["p_alive"], Value::Null);
+
+    // The alias resolves to the same profile.
+    let (status, a) = call(
+        &f.app,
+        Method::GET,
+        "/v1/customers/anon-1",
+        Some(READER),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(a["customer_id"], "alice");
+
+    let (_, c) = call(
+        &f.app,
+        Method::GET,
+        "/v1/customers/carol",
+        Some(READER),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (
+            c["r_score"].clone(),
+            c["f_score"].clone(),
+            c["m_score"].clone()
+        ),
+        (json!(4), json!(2), json!(4))
+    );
+    assert_eq!(c["rfm_segment"], "Potential Loyalists");
+    assert_eq!(c["recency_days"], 0.0);
+    let (_, b) = call(&f.app, Method::GET, "/v1/customers/bob", Some(READER), None).await;
+    assert_eq!(b["rfm_segment"], "Lost");
+    assert_eq!(b["segments"], json!([]));
+    let (_, d) = call(
+        &f.app,
+        Method::GET,
+        "/v1/customers/dave",
+        Some(READER),
+        None,
+    )
+    .await;
+    assert_eq!(d["rfm_segment"], "Prospect");
+    assert_eq!(d["frequency"], 0);
+    assert_eq!(d["r_score"], Value::Null);
+}
+
+#[tokio::test]
+async fn unknown_customer_is_404_in_the_error_shape() {
+    let f = fixture();
+    let (status, body) = call(
+        &f.app,
+        Method::GET,
+        "/v1/customers/nobody",
+        Some(READER),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error(&body, "not_found");
+}
+
+#[tokio::test]
+async fn segments_list_counts_and_value() {
+    let f = fixture();
+    let (status, body) = call(&f.app, Method::GET, "/v1/segments", Some(READER), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let seg = |name: &str| {
+        body["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {body}"))
+            .clone()
+    };
+    assert_eq!(seg("big")["customers"], 2);
+    assert_eq!(seg("big")["revenue"], 1180.0);
+    assert_eq!(seg("big")["kind"], "user");
+    assert_eq!(seg("At Risk")["customers"], 1);
+    assert_eq!(seg("Lost")["revenue"], 20.0);
+    assert_eq!(seg("Prospect")["customers"], 1);
+    assert_eq!(seg("Champions")["customers"], 0);
+}
+
+#[tokio::test]
+async fn segment_members_page_by_cursor() {
+    let f = fixture();
+    let (status, p1) = call(
+        &f.app,
+        Method::GET,
+        "/v1/segments/big/customers?limit=1",
+        Some(READER),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{p1}");
+    assert_eq!(p1["customers"][0]["customer_id"], "alice");
+    assert_eq!(p1["customers"].as_array().unwrap().len(), 1);
+    assert_eq!(p1["next_cursor"], "alice");
+    let (_, p2) = call(
+        &f.app,
+        Method::GET,
+        "/v1/segments/big/customers?limit=1&cursor=alice",
+        Some(READER),
+        None,
+    )
+    .await;
+    assert_eq!(p2["customers"][0]["customer_id"], "carol");
+    assert_eq!(p2["next_cursor"], Value::Null);
+    let (_, all) = call(
+        &f.app,
+        Method::GET,
+        "/v1/segments/Prospect/customers",
+        Some(READER),
+        None,
+    )
+    .await;
+    assert_eq!(all["customers"][0]["customer_id"], "dave");
+    // An RFM segment with a space, percent-encoded.
+    let (status, r) = call(
+        &f.app,
+        Method::GET,
+        "/v1/segments/At%20Risk/customers",
+        Some(READER),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(r["customers"][0]["customer_id"], "alice");
+
+    let (status, body) = call(
+        &f.app,
+        Method::GET,
+        "/v1/segments/nope/customers",
+        Some(READER),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error(&body, "not_found");
+    for bad in ["limit=0", "limit=1001", "limit=abc"] {
+        let (status, body) = call(
+            &f.app,
+            Method::GET,
+            &format!("/v1/segments/big/customers?{bad}"),
+            Some(READER),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(body["error"]["code"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn query_returns_json_rows_and_arrow() {
+    let f = fixture();
+    let sql = json!({"sql": "SELECT customer_id, frequency FROM customers WHERE frequency > 0 ORDER BY customer_id"});
+    let (status, body) = call(
+        &f.app,
+        Method::POST,
+        "/v1/query",
+        Some(ADMIN),
+        Some(sql.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["columns"], json!(["customer_id", "frequency"]));
+    assert_eq!(body["row_count"], 3);
+    assert_eq!(
+        body["rows"],
+        json!([
+            {"customer_id": "alice", "frequency": 3},
+            {"customer_id": "bob", "frequency": 1},
+            {"customer_id": "carol", "frequency": 2},
+        ])
+    );
+    let (status, ctype, bytes) = call_raw(
+        &f.app,
+        Method::POST,
+        "/v1/query",
+        Some(ADMIN),
+        Some(sql.to_string()),
+        Some("application/vnd.apache.arrow.stream"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ctype, "application/vnd.apache.arrow.stream");
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+    let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(rows, 3);
+}
+
+#[tokio::test]
+async fn query_refuses_writes_and_files() {
+    let f = fixture();
+    for sql in [
+        "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
+        "COPY customers TO '/tmp/patron-api-copy.csv'",
+        "INSERT INTO customers (customer_id) VALUES ('x')",
+        "DROP TABLE customers",
+        "SET datafusion.execution.batch_size = 1",
+        "SELECT * FROM '/etc/passwd'",
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT * FROM read_parquet('/etc/passwd')",
+        "not sql at all",
+        "",
+    ] {
+        let (status, body) = call(
+            &f.app,
+            Method::POST,
+            "/v1/query",
+            Some(ADMIN),
+            Some(json!({"sql": sql})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{sql}: {body}");
+        assert!(body["error"]["code"].is_string(), "{sql}: {body}");
+    }
+    assert!(!std::path::Path::new("/tmp/patron-api-copy.csv").exists());
+    for sql in [
+        "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '/etc/passwd'",
+        "COPY customers TO '/tmp/patron-api-copy.csv'",
+        "INSERT INTO customers (customer_id) VALUES ('x')",
+    ] {
+        let (_, body) = call(
+            &f.app,
+            Method::POST,
+            "/v1/query",
+            Some(ADMIN),
+            Some(json!({"sql": sql})),
+        )
+        .await;
+        assert_error(&body, "refused");
+    }
+    // Bodies that are not {"sql": string}.
+    for body in [
+        json!({}),
+        json!({"sql": 1}),
+        json!({"sql": "SELECT 1", "x": 1}),
+    ] {
+        let (status, b) = call(
+            &f.app,
+            Method::POST,
+            "/v1/query",
+            Some(ADMIN),
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {b}");
+        assert_error(&b, "invalid_body");
+    }
+    let (status, _, bytes) = call_raw(
+        &f.app,
+        Method::POST,
+        "/v1/query",
+        Some(ADMIN),
+        Some("{not json".into()),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&serde_json::from_slice(&bytes).unwrap(), "invalid_body");
+}
+
+#[tokio::test]
+async fn query_row_and_time_limits() {
+    let f = fixture_with(
+        config(),
+        &events(),
+        QueryLimits {
+            max_rows: 2,
+            timeout: Duration::from_millis(300),
+        },
+    );
+    let (status, body) = call(
+        &f.app,
+        Method::POST,
+        "/v1/query",
+        Some(ADMIN),
+        Some(json!({"sql": "SELECT customer_id FROM customers"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_error(&body, "too_many_rows");
+    let (status, body) = call(
+        &f.app,
+        Method::POST,
+        "/v1/query",
+        Some(ADMIN),
+        Some(json!({"sql": "SELECT customer_id FROM customers ORDER BY customer_id LIMIT 2;"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["rows"],
+        json!([{"customer_id": "alice"}, {"customer_id": "bob"}])
+    );
+    let (status, body) = call(
+        &f.app,
+        Method::POST,
+        "/v1/query",
+        Some(ADMIN),
+        Some(json!({"sql": "SELECT count(*) FROM generate_series(1, 100000000000)"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_error(&body, "query_timeout");
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_413() {
+    let mut cfg = config();
+    cfg.api.max_body_bytes = 64;
+    let f = fixture_with(cfg, &events(), QueryLimits::default());
+    let sql = format!("SELECT 1 -- {}", "x".repeat(200));
+    let (status, body) = call(
+        &f.app,
+        Method::POST,
+        "/v1/query",
+        Some(ADMIN),
+        Some(json!({"sql": sql})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_error(&body, "payload_too_large");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_use_the_error_shape() {
+    let f = fixture();
+    let (status, body) = call(&f.app, Method::GET, "/v1/nothing", Some(ADMIN), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error(&body, "not_found");
+    let (status, body) = call(&f.app, Method::DELETE, "/v1/segments", Some(ADMIN), None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_error(&body, "method_not_allowed");
+}
+
+/// A BG/NBD + Gamma-Gamma population from the synthetic generator, enough for both fits.
+fn fit_payloads() -> Vec<Vec<u8>> {
+    use chrono::TimeZone;
+    let cfg = patron_synth::SynthConfig {
+        customers: 300,
+        days: 365,
+        seed: 11,
+        start: chrono::Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap(),
+        bad_rate: 0.0,
+        duplicate_rate: 0.0,
+        ..patron_synth::SynthConfig::default()
+    };
+    patron_synth::Generator::new(cfg)
+        .filter(|e| e.expected_reject.is_none() && !e.duplicate)
+        .map(|e| e.payload)
+        .collect()
+}
+
+#[tokio::test]
+async fn model_is_404_until_fitted_then_fit_scores_profiles() {
+    let f = fixture_from(config(), &fit_payloads(), QueryLimits::default());
+    let (status, body) = call(&f.app, Method::GET, "/v1/model", Some(READER), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error(&body, "not_found");
+    let (status, fit) = call(&f.app, Method::POST, "/v1/model/fit", Some(ADMIN), None).await;
+    assert_eq!(status, StatusCode::OK, "{fit}");
+    assert!(fit["bgnbd"]["log_likelihood"].is_number(), "{fit}");
+    assert_eq!(fit["bgnbd"]["customers"], 300.0);
+    let (status, model) = call(&f.app, Method::GET, "/v1/model", Some(READER), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(model["fitted_at"], fit["fitted_at"]);
+    let (_, rows) = call(
+        &f.app,
+        Method::POST,
+        "/v1/query",
+        Some(ADMIN),
+        Some(json!({"sql": "SELECT customer_id FROM customers WHERE frequency > 1 ORDER BY customer_id LIMIT 1"})),
+    )
+    .await;
+    let id = rows["rows"][0]["customer_id"]
+        .as_str()
+        .expect("a repeat buyer")
+        .to_owned();
+    let (_, p) = call(
+        &f.app,
+        Method::GET,
+        &format!("/v1/customers/{id}"),
+        Some(READER),
+        None,
+    )
+    .await;
+    let p_alive = p["p_alive"].as_f64().expect("p_alive after a fit");
+    assert!((0.0..=1.0).contains(&p_alive), "{p}");
+    assert!(p["clv"].as_f64().unwrap() >= 0.0);
+
+    let empty = fixture_with(config(), &[], QueryLimits::default());
+    let (status, body) = call(&empty.app, Method::POST, "/v1/model/fit", Some(ADMIN), None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_error(&body, "no_data");
+}
+
+#[tokio::test]
+async fn metrics_export_latency_quantiles_and_counts_per_route() {
+    let f = fixture();
+    call(
+        &f.app,
+        Method::GET,
+        "/v1/customers/alice",
+        Some(READER),
+        None,
+    )
+    .await;
+    call(
+        &f.app,
+        Method::GET,
+        "/v1/customers/nobody",
+        Some(READER),
+        None,
+    )
+    .await;
+    let (status, _, bytes) = call_raw(&f.app, Method::GET, "/metrics", None, None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(bytes).unwrap();
+    for q in ["0.5", "0.9", "0.99", "0.999"] {
+        let line = format!(
+            "patron_http_request_duration_seconds{{route=\"/v1/customers/{{id}}\",quantile=\"{q}\"}}"
+        );
+        assert!(text.contains(&line), "{line} missing in\n{text}");
+    }
+    assert!(
+        text.contains("patron_http_requests_total{route=\"/v1/customers/{id}\",status=\"200\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("patron_http_requests_total{route=\"/v1/customers/{id}\",status=\"404\"} 1"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("# EOF"));
+    let (_, status_body) = call(&f.app, Method::GET, "/v1/status", Some(READER), None).await;
+    assert!(status_body["http"].is_array(), "{status_body}");
+}
+
+#[tokio::test]
+async fn openapi_documents_every_route() {
+    let f = fixture();
+    let (status, doc) = call(&f.app, Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for (path, method) in [
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+        ("/v1/status", "get"),
+        ("/v1/customers/{id}", "get"),
+        ("/v1/segments", "get"),
+        ("/v1/segments/{name}/customers", "get"),
+        ("/v1/query", "post"),
+        ("/v1/model", "get"),
+        ("/v1/model/fit", "post"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} undocumented"
+        );
+    }
+    assert!(doc["components"]["schemas"]["Profile"].is_object());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+/// The contract's role table, written out: admin ⊃ marketing ⊃ reader; ingest apart.
+fn may(has: Role, needs: Role) -> bool {
+    use Role::*;
+    matches!(
+        (has, needs),
+        (Reader, Reader)
+            | (Marketing, Reader | Marketing)
+            | (Admin, Reader | Marketing | Admin)
+            | (Ingest, Ingest)
+    )
+}
+
+/// Every route × {no key, unknown key, each role}: the exact status.
+#[tokio::test]
+async fn role_matrix() {
+    let f = fixture();
+    let empty = fixture_with(config(), &[], QueryLimits::default());
+    let sql = json!({"sql": "SELECT 1 AS one"});
+    // (app, method, path, body, needed role or None when open, status when allowed)
+    type Case<'a> = (
+        &'a Router,
+        Method,
+        &'a str,
+        Option<Value>,
+        Option<Role>,
+        StatusCode,
+    );
+    let routes: Vec<Case<'_>> = vec![
+        (&f.app, Method::GET, "/healthz", None, None, StatusCode::OK),
+        // Not running: the status was never marked ready.
+        (
+            &f.app,
+            Method::GET,
+            "/readyz",
+            None,
+            None,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        (&f.app, Method::GET, "/metrics", None, None, StatusCode::OK),
+        (
+            &f.app,
+            Method::GET,
+            "/openapi.json",
+            None,
+            None,
+            StatusCode::OK,
+        ),
+        (
+            &f.app,
+            Method::GET,
+            "/v1/status",
+            None,
+            Some(Role::Reader),
+            StatusCode::OK,
+        ),
+        (
+            &f.app,
+            Method::GET,
+            "/v1/customers/alice",
+            None,
+            Some(Role::Reader),
+            StatusCode::OK,
+        ),
+        (
+            &f.app,
+            Method::GET,
+            "/v1/customers/nobody",
+            None,
+            Some(Role::Reader),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            &f.app,
+            Method::GET,
+            "/v1/segments",
+            None,
+            Some(Role::Reader),
+            StatusCode::OK,
+        ),
+        (
+            &f.app,
+            Method::GET,
+            "/v1/segments/big/customers",
+            None,
+            Some(Role::Reader),
+            StatusCode::OK,
+        ),
+        (
+            &f.app,
+            Method::POST,
+            "/v1/query",
+            Some(sql),
+            Some(Role::Admin),
+            StatusCode::OK,
+        ),
+        (
+            &f.app,
+            Method::GET,
+            "/v1/model",
+            None,
+            Some(Role::Reader),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            &empty.app,
+            Method::POST,
+            "/v1/model/fit",
+            None,
+            Some(Role::Admin),
+            StatusCode::CONFLICT,
+        ),
+    ];
+    let keys: [(Option<&str>, Option<Role>); 6] = [
+        (None, None),
+        (Some("not-a-key"), None),
+        (Some(READER), Some(Role::Reader)),
+        (Some(MARKETING), Some(Role::Marketing)),
+        (Some(INGEST), Some(Role::Ingest)),
+        (Some(ADMIN), Some(Role::Admin)),
+    ];
+    for (app, method, path, body, needs, allowed) in &routes {
+        for (key, role) in keys {
+            let expected = match (needs, role) {
+                (None, _) => *allowed,
+                (Some(_), None) => StatusCode::UNAUTHORIZED,
+                (Some(n), Some(r)) if may(r, *n) => *allowed,
+                (Some(_), Some(_)) => StatusCode::FORBIDDEN,
+            };
+            let (status, resp) = call(app, method.clone(), path, key, body.clone()).await;
+            assert_eq!(status, expected, "{method} {path} with {key:?}: {resp}");
+            if status == StatusCode::UNAUTHORIZED {
+                assert_error(&resp, "unauthorized");
+            } else if status == StatusCode::FORBIDDEN {
+                assert_error(&resp, "forbidden");
+            }
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! `patron serve` and `patron replay --from-kafka` against a real Kafka-compatible broker
+//! (tansu, or the broker CI names in `PATRON_TEST_BROKERS`).
+//!
+//! Every run is checked against two independent answers: a file replay of the same payloads
+//! (the oracle), and the generator's own account of what each customer bought (the truth).
+//! Exactly-once is checked on the dead-letter topic too: each bad record once, with its source
+//! position, even across SIGKILL.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::TimeZone;
+use common::kafka::*;
+use common::*;
+use patron_synth::{Generator, SynthConfig, SynthEvent};
+
+/// About 12 events per customer: the valid stream, with 1% bad lines, 1% producer duplicates
+/// and 10% Segment Spec messages, all in the past.
+fn synth(seed: u64, customers: u64) -> SynthConfig {
+    SynthConfig {
+        customers,
+        days: 365,
+        seed,
+        start: chrono::Utc
+            .with_ymd_and_hms(2025, 1, 1, 0, 0, 0)
+            .single()
+            .expect("a valid date"),
+        bad_rate: 0.01,
+        duplicate_rate: 0.01,
+        segment_spec_rate: 0.1,
+        ..SynthConfig::default()
+    }
+}
+
+fn generate(cfg: &SynthConfig) -> Vec<SynthEvent> {
+    let events: Vec<SynthEvent> = Generator::new(cfg.clone()).collect();
+    assert!(
+        events.iter().any(|e| e.duplicate) && events.iter().any(|e| e.expected_reject.is_some()),
+        "the data set has duplicates and bad lines"
+    );
+    events
+}
+
+/// What a serve run ended with: its last status, and the dead-letter topic's records.
+struct RunEnd {
+    status: serde_json::Value,
+    letters: Vec<Record>,
+}
+
+/// The end state of a serve run equals the file replay and the truth, each bad event is
+/// dead-lettered once, and the counters agree. `positions[i]` is where `events[i]` went.
+fn assert_final_state(
+    dir: &std::path::Path,
+    setup: &ServeSetup,
+    end: &RunEnd,
+    cfg: &SynthConfig,
+    events: &[SynthEvent],
+    positions: &[Position],
+) {
+    let oracle = file_oracle(dir, events);
+    let actual = query_csv(&setup.store, CUSTOMERS_SQL);
+    assert_same_customers(&actual, &oracle.customers_csv, "serve vs file replay");
+    assert_matches_truth(&actual, cfg);
+    assert_dead_letters(&end.letters, events, positions, &setup.topic);
+    assert_counters(&end.status, &oracle, events);
+}
+
+#[test]
+fn producer_and_oracle() {
+    let dir = test_dir();
+    let broker = Broker::memory();
+    let setup = ServeSetup::kafka(dir.path(), &broker);
+    let cfg = synth(101, 2_000);
+    let events = generate(&cfg);
+    assert!(events.len() > 20_000, "{} events", events.len());
+
+    let mut serve = setup.start();
+    assert_eq!(serve.get("/healthz").unwrap().0, 200, "/healthz");
+    serve.wait_code("/readyz", 200);
+    let positions = produce(&broker.bootstrap(), &setup.topic, &events);
+    let status = serve.wait_caught_up(&TopicEnds::of(&positions));
+    serve.terminate();
+
+    assert_broker_holds(&broker.bootstrap(), &setup.topic, &events, &positions);
+    let letters = read_dead_letters(&broker.bootstrap(), &setup.dlq_topic);
+    let end = RunEnd { status, letters };
+    assert_final_state(dir.path(), &setup, &end, &cfg, &events, &positions);
+}
+
+#[test]
+fn crash_loop() {
+    let dir = test_dir();
+    let broker = Broker::memory();
+    let setup = ServeSetup::kafka(dir.path(), &broker);
+    let cfg = synth(202, 2_000);
+    let events = generate(&cfg);
+
+    let mut serve = setup.start();
+    let mut kills = 0u32;
+    // Records serve had processed (applied, rejected or duplicate) just before each kill.
+    let mut processed_at_kill = Vec::new();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let bootstrap = broker.bootstrap();
+    let (positions, mut serve) = std::thread::scope(|s| {
+        // Paced so that ingest spans many kills: 100 records, then a pause (about 25 s).
+        let producer = s.spawn(|| {
+            let mut p = EventProducer::new(&bootstrap, &setup.topic);
+            for chunk in events.chunks(100) {
+                p.send(chunk);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            p.finish()
+        });
+        while kills < 6 || !producer.is_finished() {
+            // A restarted serve may wait for the group to hand it partitions (tansu keeps a
+            // killed member's partitions until serve rejoins); kill only once it commits
+            // progress again, at a random moment after that.
+            let before = processed_at_kill.last().copied().flatten().unwrap_or(0);
+            wait_progress(&serve, before, events.len() as u64);
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            std::thread::sleep(Duration::from_millis(rng % 400));
+            processed_at_kill.push(processed(&serve));
+            serve.kill();
+            kills += 1;
+            serve = setup.start();
+        }
+        (producer.join().expect("the producer thread"), serve)
+    });
+    assert!(kills >= 5, "only {kills} kills");
+
+    let status = serve.wait_caught_up(&TopicEnds::of(&positions));
+    serve.terminate();
+
+    assert_broker_holds(&broker.bootstrap(), &setup.topic, &events, &positions);
+    let letters = read_dead_letters(&broker.bootstrap(), &setup.dlq_topic);
+    let end = RunEnd { status, letters };
+    assert_final_state(dir.path(), &setup, &end, &cfg, &events, &positions);
+
+    // The test proves something only if kills interrupted ingest: serve had made progress
+    // since the previous kill and had not yet seen everything.
+    let total = positions.len() as u64;
+    let mut before = 0;
+    let mut mid_ingest = 0;
+    for n in processed_at_kill.iter().flatten() {
+        if *n > before && *n < total {
+            mid_ingest += 1;
+        }
+        before = *n;
+    }
+    assert!(
+        mid_ingest >= 3,
+        "only {mid_ingest} of {kills} kills landed mid-ingest; records processed at each kill: \
+         {processed_at_kill:?} of {total}"
+    );
+}
+
+/// Records serve has committed (applied, rejected or duplicate), per `/v1/status`.
+fn processed(serve: &Serve) -> Option<u64> {
+    let st = serve.status().ok()?;
+    let n = |k: &str| st[k].as_u64();
+    Some(n("applied")? + n("rejected")? + n("duplicates")?)
+}
+
+/// Waits (up to 90 s) until serve has committed more than `before` records, or all `total`.
+fn wait_progress(serve: &Serve, before: u64, total: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while std::time::Instant::now() < deadline {
+        if processed(serve).is_some_and(|n| n > before || n >= total) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("serve committed nothing past {before} records within 90 s");
+}
+
+#[test]
+fn broker_restart() {
+    let dir = test_dir();
+    let mut broker = Broker::sqlite();
+    let setup = ServeSetup::kafka(dir.path(), &broker);
+    let cfg = synth(303, 1_000);
+    let events = generate(&cfg);
+    let (first, second) = events.split_at(events.len() / 2);
+
+    let mut positions = produce(&broker.bootstrap(), &setup.topic, first);
+    let mut serve = setup.start();
+    serve.wait_code("/readyz", 200);
+    broker.stop();
+    serve.wait_code("/readyz", 503);
+    broker.restart();
+    serve.wait_code("/readyz", 200);
+    positions.extend(produce(&broker.bootstrap(), &setup.topic, second));
+    let status = serve.wait_caught_up(&TopicEnds::of(&positions));
+    serve.terminate();
+
+    assert_broker_holds(&broker.bootstrap(), &setup.topic, &events, &positions);
+    let letters = read_dead_letters(&broker.bootstrap(), &setup.dlq_topic);
+    let end = RunEnd { status, letters };
+    assert_final_state(dir.path(), &setup, &end, &cfg, &events, &positions);
+}
+
+fn purchase(event_id: &str, customer: &str, ts: &str, amount: &str) -> SynthEvent {
+    let payload = format!(
+        r#"{{"event_id":"{event_id}","type":"purchase","ts":"{ts}","customer_id":"{customer}","amount":{amount}}}"#
+    );
+    SynthEvent {
+        ts_millis: chrono::DateTime::parse_from_rfc3339(ts)
+            .expect("an RFC 3339 ts")
+            .timestamp_millis(),
+        key: customer.to_owned(),
+        payload: payload.into_bytes(),
+        expected_reject: None,
+        duplicate: false,
+    }
+}
+
+#[test]
+fn duplicates() {
+    let dir = test_dir();
+    let broker = Broker::memory();
+    let setup = ServeSetup::kafka(dir.path(), &broker);
+    let twice = purchase("dup-e2", "dup-alice", "2025-03-05T10:00:00Z", "25.50");
+    let events = vec![
+        purchase("dup-e1", "dup-alice", "2025-03-01T10:00:00Z", "10.00"),
+        twice.clone(),
+        purchase("dup-e3", "dup-bob", "2025-03-02T09:30:00Z", "7"),
+        // The producer sends it again: a new offset, the same event_id.
+        twice,
+    ];
+
+    let mut serve = setup.start();
+    let positions = produce(&broker.bootstrap(), &setup.topic, &events);
+    assert_eq!(
+        positions[1].partition, positions[3].partition,
+        "one key, one partition"
+    );
+    let status = serve.wait_caught_up(&TopicEnds::of(&positions));
+    serve.terminate();
+    assert_eq!(status["duplicates"].as_u64(), Some(1), "{status:#}");
+    assert_eq!(status["applied"].as_u64(), Some(3), "{status:#}");
+    assert_eq!(status["rejected"].as_u64(), Some(0), "{status:#}");
+
+    let rows = parse_csv(&query_csv(
+        &setup.store,
+        "SELECT customer_id, frequency, monetary FROM customers ORDER BY customer_id",
+    ));
+    let got: Vec<(String, String, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["customer_id"].clone(),
+                r["frequency"].clone(),
+                micros(&r["monetary"]),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("dup-alice".to_owned(), "2".to_owned(), 35_500_000),
+            ("dup-bob".to_owned(), "1".to_owned(), 7_000_000),
+        ]
+    );
+}
+
+#[test]
+fn embedded_broker() {
+    let dir = test_dir();
+    let setup = ServeSetup::embedded(dir.path());
+    let cfg = synth(505, 1_000);
+    let events = generate(&cfg);
+
+    let mut serve = setup.start();
+    let bootstrap = serve.wait_line("Kafka bootstrap: ").trim().to_owned();
+    let positions = produce(&bootstrap, &setup.topic, &events);
+    let status = serve.wait_caught_up(&TopicEnds::of(&positions));
+    // The embedded log dies with serve: read the dead letters first.
+    let letters = read_dead_letters(&bootstrap, &setup.dlq_topic);
+    serve.terminate();
+
+    let end = RunEnd { status, letters };
+    assert_final_state(dir.path(), &setup, &end, &cfg, &events, &positions);
+}
+
+#[test]
+fn replay_from_kafka() {
+    let dir = test_dir();
+    let broker = Broker::memory();
+    let topic = unique("t-replay");
+    broker.create_topic(&topic, 4);
+    let cfg = synth(606, 1_000);
+    let events = generate(&cfg);
+    produce(&broker.bootstrap(), &topic, &events);
+
+    let store = dir.path().join("from-kafka.redb");
+    let replay = || {
+        run_ok(&[
+            "replay",
+            "--from-kafka",
+            "--brokers",
+            &broker.bootstrap(),
+            "--topic",
+            &topic,
+            "--until-end",
+            "--store",
+            path_str(&store),
+        ])
+    };
+    replay();
+    let oracle = file_oracle(dir.path(), &events);
+    let actual = query_csv(&store, CUSTOMERS_SQL);
+    assert_same_customers(
+        &actual,
+        &oracle.customers_csv,
+        "replay --from-kafka vs file",
+    );
+    assert_matches_truth(&actual, &cfg);
+
+    // A second run reads from the stored offsets: nothing new, nothing applied twice.
+    replay();
+    assert_same_customers(
+        &query_csv(&store, CUSTOMERS_SQL),
+        &oracle.customers_csv,
+        "a second replay --from-kafka",
+    );
+}
