@@ -279,6 +279,16 @@ fn embedded_broker() {
     let status = serve.wait_caught_up(&TopicEnds::of(&positions));
     // The embedded log dies with serve: read the dead letters first.
     let letters = read_dead_letters(&bootstrap, &setup.dlq_topic);
+    // serve refits the CLV models in the background ([clv] refit_interval = 1s here).
+    serve.wait_code("/v1/model", 200);
+    let (_, model) = serve.get("/v1/model").expect("GET /v1/model");
+    let model: serde_json::Value = serde_json::from_str(&model).expect("model JSON");
+    assert!(
+        model["bgnbd"]["params"]["r"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0),
+        "a fitted BG/NBD model: {model:#}"
+    );
     serve.terminate();
 
     let end = RunEnd { status, letters };

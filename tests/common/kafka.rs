@@ -373,6 +373,7 @@ impl ServeSetup {
              [source]\nkind = {kind:?}\nbrokers = {brokers:?}\ntopic = {:?}\n\
              group_id = {:?}\ndlq_topic = {:?}\n\n\
              [checkpoint]\ninterval = \"200ms\"\nmax_events = 5000\n\n\
+             [clv]\nrefit_interval = \"1s\"\n\n\
              [api]\nlisten = \"127.0.0.1:0\"\n",
             path_str(&self.store),
             self.topic,
