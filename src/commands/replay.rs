@@ -153,13 +153,7 @@ pub(crate) fn run(args: ReplayArgs, config: PatronConfig) -> CmdResult {
     let bar = spawn_progress_bar(progress.clone());
     let result = replay(store, &config, &opts, &progress);
     bar.finish_and_clear();
-    let summary = result.map_err(|e| {
-        if e.is_usage() {
-            Failure::Usage(e.to_string())
-        } else {
-            Failure::runtime(e)
-        }
-    })?;
+    let summary = result.map_err(failure)?;
     print_summary(&summary, &store_path, &dead_letter);
     Ok(())
 }
@@ -228,25 +222,8 @@ fn from_kafka(args: ReplayArgs, config: PatronConfig, store_path: PathBuf) -> Cm
     let result = ingest::run(store, &config, &opts, status, &stop);
     bar.finish_and_clear();
     let _ = watcher.join();
-    let s = result.map_err(|e| {
-        if e.is_usage() {
-            Failure::Usage(e.to_string())
-        } else {
-            Failure::runtime(e)
-        }
-    })?;
-    println!(
-        "replay finished in {:.2}s: {} records, {:.0} events/s",
-        s.elapsed.as_secs_f64(),
-        s.records,
-        s.records as f64 / s.elapsed.as_secs_f64().max(1e-9)
-    );
-    println!("  applied     {}", s.applied);
-    println!("  duplicates  {}", s.duplicates);
-    println!("  rejected    {}", s.rejected_total());
-    for (reason, n) in &s.rejected {
-        println!("    {reason:<18}{n}");
-    }
+    let s = result.map_err(failure)?;
+    print_counts(s.elapsed, s.records, s.applied, s.duplicates, &s.rejected);
     println!(
         "  checkpoints {} (p99 {:.1} ms)",
         s.checkpoints,
@@ -311,19 +288,38 @@ fn spawn_progress_bar(progress: Arc<ReplayProgress>) -> ProgressBar {
     bar
 }
 
-fn print_summary(s: &ReplaySummary, store: &std::path::Path, dead_letter: &std::path::Path) {
+/// A stream error as a command failure: usage mistakes exit 2, the rest 1.
+fn failure(e: patron_stream::StreamError) -> Failure {
+    if e.is_usage() {
+        Failure::Usage(e.to_string())
+    } else {
+        Failure::runtime(e)
+    }
+}
+
+/// The lines every replay summary starts with.
+fn print_counts(
+    elapsed: Duration,
+    records: u64,
+    applied: u64,
+    duplicates: u64,
+    rejected: &std::collections::BTreeMap<String, u64>,
+) {
     println!(
-        "replay finished in {:.2}s: {} records, {:.0} events/s",
-        s.elapsed.as_secs_f64(),
-        s.records,
-        s.events_per_second()
+        "replay finished in {:.2}s: {records} records, {:.0} events/s",
+        elapsed.as_secs_f64(),
+        records as f64 / elapsed.as_secs_f64().max(1e-9)
     );
-    println!("  applied     {}", s.applied);
-    println!("  duplicates  {}", s.duplicates);
-    println!("  rejected    {}", s.rejected_total());
-    for (reason, n) in &s.rejected {
+    println!("  applied     {applied}");
+    println!("  duplicates  {duplicates}");
+    println!("  rejected    {}", rejected.values().sum::<u64>());
+    for (reason, n) in rejected {
         println!("    {reason:<18}{n}");
     }
+}
+
+fn print_summary(s: &ReplaySummary, store: &std::path::Path, dead_letter: &std::path::Path) {
+    print_counts(s.elapsed, s.records, s.applied, s.duplicates, &s.rejected);
     println!("  customers   {} ({} profiles)", s.customers, s.profiles);
     for f in &s.files {
         if f.records == 0 && f.started_at > 0 {

@@ -102,29 +102,23 @@ pub(crate) fn serve(
         ),
         SourceKind::Kafka => None,
     };
-    let kafka = match &embedded {
-        Some(broker) => KafkaSource {
-            brokers: broker.bootstrap_servers(),
-            topic: source.topic.clone(),
-            group_id: source.group_id.clone(),
-            dlq_topic: source.dlq_topic.clone(),
-            incarnation: broker.incarnation().to_owned(),
-        },
-        None => {
-            if source.brokers.trim().is_empty() {
-                return Err(Failure::Usage(
-                    "[source] brokers is empty: set it for kind = \"kafka\" (e.g. \"kafka-1:9092\")"
-                        .into(),
-                ));
-            }
-            KafkaSource {
-                brokers: source.brokers.clone(),
-                topic: source.topic.clone(),
-                group_id: source.group_id.clone(),
-                dlq_topic: source.dlq_topic.clone(),
-                incarnation: String::new(),
-            }
+    // A real cluster keeps its log, so its positions need no incarnation.
+    let (brokers, incarnation) = match &embedded {
+        Some(broker) => (broker.bootstrap_servers(), broker.incarnation().to_owned()),
+        None if source.brokers.trim().is_empty() => {
+            return Err(Failure::Usage(
+                "[source] brokers is empty: set it for kind = \"kafka\" (e.g. \"kafka-1:9092\")"
+                    .into(),
+            ));
         }
+        None => (source.brokers.clone(), String::new()),
+    };
+    let kafka = KafkaSource {
+        brokers,
+        topic: source.topic.clone(),
+        group_id: source.group_id.clone(),
+        dlq_topic: source.dlq_topic.clone(),
+        incarnation,
     };
     if embedded.is_some() {
         println!("Kafka bootstrap: {}", kafka.brokers);
