@@ -526,6 +526,7 @@ pub fn run(
 ) -> Result<IngestSummary> {
     let started = Instant::now();
     let applier = Applier::open(store, ApplyContext::from_config(config))?;
+    status.restored(applier.counters());
     let forwarder = DeadLetterForwarder::open(
         &opts.source.brokers,
         &opts.source.dlq_topic,

@@ -304,6 +304,11 @@ impl IngestStatus {
         }
     }
 
+    /// Publishes the store's counters as this process found them, before its first checkpoint.
+    pub(crate) fn restored(&self, counters: &StoreCounters) {
+        *self.committed.lock().expect("status lock") = counters.clone();
+    }
+
     /// Publishes what a checkpoint made durable.
     pub(crate) fn committed(
         &self,
