@@ -7,9 +7,13 @@
 #
 #   EVENTS_CUSTOMERS=145000 benches/kafka_ingest.sh     # about 2M events
 #
-# Needs a release build (cargo build --release), `tansu` (see .ci/run) and curl.
+# Builds what it needs (release, workspace-wide; SKIP_BUILD=1 uses what is built). Needs `tansu`
+# (see .ci/run), curl and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --workspace --benches >&2
+DRAIN=$(bench_exe kafka_drain)
 CUSTOMERS=${EVENTS_CUSTOMERS:-145000}
 PORT=${PORT:-19092}
 WORK=${WORK:-/tmp/patron-kafka-bench}
@@ -35,7 +39,7 @@ echo "producing $CUSTOMERS customers' events to $TOPIC" >&2
     --kafka "$BROKER" --topic "$TOPIC" 2> "$WORK/generate.log"
 cat "$WORK/generate.log" >&2
 
-cargo bench -q -p patron-stream --bench kafka_drain -- "$BROKER" "$TOPIC" | tee "$WORK/drain.out"
+"$DRAIN" "$BROKER" "$TOPIC" | tee "$WORK/drain.out"
 RECORDS=$(awk '/^drained/ {print $2}' "$WORK/drain.out")
 BARE_SECS=$(awk '/^drained/ {print $7}' "$WORK/drain.out")
 

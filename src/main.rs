@@ -49,6 +49,8 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     Fit(commands::fit::FitArgs),
     Demo(commands::demo::DemoArgs),
+    /// Manage API keys: `patron keys new --role reader|marketing|admin|ingest`.
+    Keys(commands::keys::KeysArgs),
 }
 
 /// How a command failed, which decides the exit code.
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => commands::generate::run(a),
         Command::Fit(a) => commands::fit::run(a, config),
         Command::Demo(a) => commands::demo::run(a, config),
+        Command::Keys(a) => commands::keys::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

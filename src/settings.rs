@@ -15,7 +15,7 @@ pub(crate) fn load(file: Option<&Path>) -> Result<PatronConfig, String> {
         fig = fig.merge(Toml::file_exact(path));
     }
     fig = fig.merge(Env::prefixed("PATRON__").split("__"));
-    fig.extract::<PatronConfig>().map_err(|e| {
+    let config = fig.extract::<PatronConfig>().map_err(|e| {
         // figment reports the key path and the source (file or env var); keep it to one line.
         let first = e
             .into_iter()
@@ -26,7 +26,10 @@ pub(crate) fn load(file: Option<&Path>) -> Result<PatronConfig, String> {
             .map(|p| format!("{}: ", p.display()))
             .unwrap_or_default();
         format!("invalid config: {origin}{}", first.replace('\n', " "))
-    })
+    })?;
+    patron_query::kpi::validate_objectives(&config.objectives)
+        .map_err(|e| format!("invalid config: [[objectives]] {e}"))?;
+    Ok(config)
 }
 
 /// Parses an `--as-of` value: RFC 3339, or a date (midnight UTC).

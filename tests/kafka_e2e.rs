@@ -337,3 +337,89 @@ fn replay_from_kafka() {
         "a second replay --from-kafka",
     );
 }
+
+/// POST /v1/events to a real serve over tansu: valid events are produced and applied, invalid
+/// ones are refused with the stream's reasons. Then DELETE erases the identity through the log,
+/// and the same events posted again do not bring it back.
+#[test]
+fn event_intake_and_erasure() {
+    let dir = test_dir();
+    let broker = Broker::memory();
+    let setup = ServeSetup::kafka(dir.path(), &broker);
+    let mut serve = setup.start();
+    serve.wait_code("/readyz", 200);
+
+    let batch = [
+        r#"{"type":"interaction","event_id":"in-1","ts":"2025-03-01T10:00:00Z","anonymous_id":"in-anon","kind":"page_view"}"#,
+        r#"{"type":"identify","event_id":"in-2","ts":"2025-03-01T10:05:00Z","customer_id":"in-erin","anonymous_id":"in-anon"}"#,
+        r#"{"type":"purchase","event_id":"in-3","ts":"2025-03-02T09:00:00Z","customer_id":"in-erin","amount":"20.00"}"#,
+        r#"{"type":"purchase","event_id":"in-4","ts":"2025-03-09T09:00:00Z","customer_id":"in-erin","amount":12.5}"#,
+        r#"{"type":"purchase","event_id":"in-5","ts":"2025-03-09T09:00:00Z","customer_id":"in-erin","amount":-3}"#,
+        r#"{"type":"purchase", oops"#,
+    ]
+    .join("\n");
+    let (code, body) = serve.send("POST", "/v1/events", Some(&batch));
+    assert_eq!(code, 200, "{body:#}");
+    assert_eq!(
+        (body["accepted"].as_u64(), body["rejected"].as_u64()),
+        (Some(4), Some(2)),
+        "{body:#}"
+    );
+    let results = body["results"].as_array().expect("results");
+    assert_eq!(results[4]["error"]["code"], "invalid_amount", "{body:#}");
+    assert_eq!(results[5]["error"]["code"], "malformed_json", "{body:#}");
+    let landed = |body: &serde_json::Value| {
+        let positions: Vec<Position> = body["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .filter(|r| r["status"] == "accepted")
+            .map(|r| Position {
+                partition: r["partition"].as_i64().expect("partition") as i32,
+                offset: r["offset"].as_i64().expect("offset"),
+            })
+            .collect();
+        positions
+    };
+    let mut positions = landed(&body);
+    serve.wait_caught_up(&TopicEnds::of(&positions));
+
+    let (code, erin) = serve.send("GET", "/v1/customers/in-anon", None);
+    assert_eq!(code, 200, "{erin:#}");
+    assert_eq!(erin["customer_id"], "in-erin");
+    assert_eq!(erin["frequency"], 2);
+    assert_eq!(erin["monetary"].as_f64(), Some(32.5));
+    assert_eq!(erin["aliases"], serde_json::json!(["in-anon"]));
+
+    // Erase by the alias: the whole identity goes, committed before the answer.
+    let (code, erased) = serve.send("DELETE", "/v1/customers/in-anon", None);
+    assert_eq!(code, 200, "{erased:#}");
+    assert_eq!(erased["erased"], true);
+    assert_eq!(erased["ids"], serde_json::json!(["in-anon", "in-erin"]));
+    for id in ["in-erin", "in-anon"] {
+        let (code, _) = serve.send("GET", &format!("/v1/customers/{id}"), None);
+        assert_eq!(code, 404, "{id} is still there");
+    }
+    positions.push(Position {
+        partition: erased["partition"].as_i64().expect("partition") as i32,
+        offset: erased["offset"].as_i64().expect("offset"),
+    });
+
+    // The old events again (a replaying producer): accepted into the log, dropped on apply.
+    let again = batch.lines().take(4).collect::<Vec<_>>().join("\n");
+    let (code, body) = serve.send("POST", "/v1/events", Some(&again));
+    assert_eq!(
+        (code, body["accepted"].as_u64()),
+        (200, Some(4)),
+        "{body:#}"
+    );
+    positions.extend(landed(&body));
+    let status = serve.wait_caught_up(&TopicEnds::of(&positions));
+    assert_eq!(status["erasures"]["events_dropped"], 4, "{status:#}");
+    assert_eq!(status["erasures"]["customers"], 1, "{status:#}");
+    let (code, _) = serve.send("GET", "/v1/customers/in-erin", None);
+    assert_eq!(code, 404, "the erased customer came back");
+    let (code, body) = serve.send("DELETE", "/v1/customers/in-erin", None);
+    assert_eq!(code, 404, "{body:#}");
+    serve.terminate();
+}

@@ -1,13 +1,14 @@
 //! `patron demo`: `serve` on the embedded broker, fed by the built-in generator.
 
-use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use patron_core::config::{ApiKeyConfig, PatronConfig, Role, SourceKind};
+use patron_core::config::{
+    ApiKeyConfig, OfferConfig, OffersSection, OffersTable, PatronConfig, Role, SourceKind,
+};
 use patron_stream::kafka::produce::EventProducer;
 use patron_synth::{Generator, SynthConfig};
 
@@ -64,13 +65,16 @@ pub(crate) fn run(args: DemoArgs, mut config: PatronConfig) -> CmdResult {
     };
     let generator = Generator::try_new(synth).map_err(|e| Failure::Usage(e.to_string()))?;
 
-    let key = demo_key();
+    let key = super::keys::fresh_key("demo");
     config.source.kind = SourceKind::Embedded;
     config.api.keys = vec![ApiKeyConfig {
         name: "demo-admin".into(),
         role: Role::Admin,
         sha256: patron_api::auth::sha256_hex(&key),
     }];
+    if config.offers.catalog().is_empty() {
+        config.offers = demo_offers(config.offers.exploration());
+    }
     let auth = patron_api::Auth::from_config(&config.api.keys).map_err(Failure::Usage)?;
     let topic = config.source.topic.clone();
     let rate = args.rate;
@@ -81,6 +85,7 @@ pub(crate) fn run(args: DemoArgs, mut config: PatronConfig) -> CmdResult {
     };
     let banner = vec![
         format!("API key (admin, this run only): {key}"),
+        format!("Dashboard: http://{}/#key={key}", config.api.listen),
         format!(
             "Streaming {} customers' events at {} events/s. Try:",
             args.customers,
@@ -143,17 +148,36 @@ fn stream(
     Ok(())
 }
 
-/// A random key for this run (the process's random hash keys, 128 bits).
-fn demo_key() -> String {
-    let state = std::collections::hash_map::RandomState::new();
-    let mut a = state.build_hasher();
-    a.write_u64(std::process::id().into());
-    let mut b = std::collections::hash_map::RandomState::new().build_hasher();
-    b.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    format!("pk_demo_{:016x}{:016x}", a.finish(), b.finish())
+/// A small catalog so `GET /v1/customers/{id}/offers` has something to rank in the demo.
+fn demo_offers(exploration: patron_core::config::Exploration) -> OffersSection {
+    let offer = |id: &str, name: &str, eligible: &str, value: f64, cost: f64| OfferConfig {
+        id: id.into(),
+        name: name.into(),
+        eligible: eligible.into(),
+        value,
+        cost,
+        channels: vec!["web".into(), "email".into()],
+        category: None,
+        max_impressions: Some(3),
+        window: Some(Duration::from_secs(7 * 86_400)),
+        cooldown_after_decline: Some(Duration::from_secs(14 * 86_400)),
+        starts: None,
+        ends: None,
+        holdout: 0.1,
+    };
+    OffersSection::Table(OffersTable {
+        exploration,
+        catalog: vec![
+            offer(
+                "welcome-back",
+                "Welcome back: 15% off",
+                "r_score <= 2",
+                12.0,
+                2.0,
+            ),
+            offer("free-shipping", "Free shipping", "true", 5.0, 1.0),
+            offer("vip-preview", "VIP early access", "f_score >= 4", 20.0, 0.5),
+        ],
+        ..OffersTable::default()
+    })
 }

@@ -4,6 +4,7 @@ pub(crate) mod demo;
 pub(crate) mod export;
 pub(crate) mod fit;
 pub(crate) mod generate;
+pub(crate) mod keys;
 pub(crate) mod query;
 pub(crate) mod replay;
 pub(crate) mod serve;

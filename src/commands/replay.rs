@@ -223,7 +223,14 @@ fn from_kafka(args: ReplayArgs, config: PatronConfig, store_path: PathBuf) -> Cm
     bar.finish_and_clear();
     let _ = watcher.join();
     let s = result.map_err(failure)?;
-    print_counts(s.elapsed, s.records, s.applied, s.duplicates, &s.rejected);
+    print_counts(
+        s.elapsed,
+        s.records,
+        s.applied,
+        s.duplicates,
+        s.erased,
+        &s.rejected,
+    );
     println!(
         "  checkpoints {} (p99 {:.1} ms)",
         s.checkpoints,
@@ -303,6 +310,7 @@ fn print_counts(
     records: u64,
     applied: u64,
     duplicates: u64,
+    erased: u64,
     rejected: &std::collections::BTreeMap<String, u64>,
 ) {
     println!(
@@ -312,6 +320,9 @@ fn print_counts(
     );
     println!("  applied     {applied}");
     println!("  duplicates  {duplicates}");
+    if erased > 0 {
+        println!("  erased      {erased} (customers erased after these events)");
+    }
     println!("  rejected    {}", rejected.values().sum::<u64>());
     for (reason, n) in rejected {
         println!("    {reason:<18}{n}");
@@ -319,7 +330,14 @@ fn print_counts(
 }
 
 fn print_summary(s: &ReplaySummary, store: &std::path::Path, dead_letter: &std::path::Path) {
-    print_counts(s.elapsed, s.records, s.applied, s.duplicates, &s.rejected);
+    print_counts(
+        s.elapsed,
+        s.records,
+        s.applied,
+        s.duplicates,
+        s.erased,
+        &s.rejected,
+    );
     println!("  customers   {} ({} profiles)", s.customers, s.profiles);
     for f in &s.files {
         if f.records == 0 && f.started_at > 0 {

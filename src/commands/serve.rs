@@ -13,6 +13,7 @@ use patron_store::Store;
 use patron_stream::kafka::KafkaSource;
 use patron_stream::kafka::embedded::EmbeddedBroker;
 use patron_stream::kafka::ingest::{self, IngestOptions, IngestSummary, Mode, StartAt};
+use patron_stream::kafka::produce::IntakeProducer;
 use patron_stream::kafka::status::IngestStatus;
 use tracing::{info, warn};
 
@@ -168,6 +169,11 @@ pub(crate) fn serve(
         std::thread::spawn(move || traffic(brokers, stop))
     });
 
+    let seeded = patron_api::offers::seed_catalog(&store, config.offers.catalog())
+        .map_err(Failure::Usage)?;
+    if seeded > 0 {
+        tracing::info!("{seeded} offers from config written to the catalog");
+    }
     let state = Arc::new(
         ApiState::new(
             store.clone(),
@@ -175,7 +181,10 @@ pub(crate) fn serve(
             auth,
             config.api.metrics_key.clone(),
         )
-        .with_config(Arc::new(config.clone())),
+        .with_config(Arc::new(config.clone()))
+        .with_intake(Arc::new(
+            IntakeProducer::new(&kafka.brokers, &kafka.topic).map_err(Failure::runtime)?,
+        )),
     );
     let runtime = super::runtime()?;
     let served: Result<(), Failure> = runtime.block_on(async {
@@ -199,6 +208,9 @@ pub(crate) fn serve(
                 }
             }
         };
+        // Rebuild the scored view (ranks, segments, KPIs) in the background, so no request
+        // waits for the scan.
+        tokio::spawn(patron_api::kpis::keep_view_fresh(state.clone()));
         patron_api::serve(listener, state, shutdown)
             .await
             .map_err(Failure::runtime)

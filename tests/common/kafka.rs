@@ -383,6 +383,14 @@ impl ServeSetup {
         std::fs::write(&self.config, text).expect("write the serve config");
     }
 
+    /// Adds TOML (sections such as `[offers]`) to the end of the config.
+    pub fn append_config(&self, extra: &str) {
+        let mut text = std::fs::read_to_string(&self.config).expect("read the serve config");
+        text.push('\n');
+        text.push_str(extra);
+        std::fs::write(&self.config, text).expect("write the serve config");
+    }
+
     /// Starts `patron serve` and waits until its API listens.
     pub fn start(&self) -> Serve {
         Serve::start(self)
@@ -494,6 +502,26 @@ impl Serve {
         let code = resp.status().as_u16();
         let body = resp.body_mut().read_to_string()?;
         Ok((code, body))
+    }
+
+    /// `method` `path` with an optional body: the status code and the body as JSON.
+    pub fn send(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let url = format!("{}{path}", self.url);
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("content-type", "application/json")
+            .body(body.unwrap_or("").to_owned())
+            .expect("a request");
+        let mut resp = self
+            .agent
+            .run(request)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let code = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().expect("a body");
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {path} answered {code}, not JSON ({e}): {text}"));
+        (code, json)
     }
 
     /// GET `/v1/status` as JSON.

@@ -94,31 +94,49 @@ pub async fn get_customer(
     Path(id): Path<String>,
 ) -> Result<Json<Profile>, ApiError> {
     state.auth.require(&headers, Role::Reader)?;
-    let view = state.views.get(&state.store, &state.config).await?;
-    // A point read on its own MVCC snapshot: a few microseconds, never waits on the writer.
-    let reader = state.store.reader().map_err(ApiError::internal)?;
-    let stored = reader.profile(&id).map_err(ApiError::internal)?;
-    let counters = reader.counters().map_err(ApiError::internal)?;
-    drop(reader);
-    let Some(stored) = stored else {
-        return Err(ApiError::not_found(format!("no customer `{id}`")));
-    };
-    let as_of = match state.config.scoring.clock {
-        Clock::Event => counters.as_of,
-        Clock::Wall => Some(now_millis()),
-    };
+    let found = lookup(&state, &id).await?;
     profile(
-        &view,
+        &found.view,
         &state.config,
-        stored.customer_id,
-        stored.scope,
-        &stored.state,
-        as_of,
+        found.stored.customer_id,
+        found.stored.scope,
+        &found.stored.state,
+        found.as_of,
     )
     .map(Json)
 }
 
-fn profile(
+/// A customer's committed state, the view to score it against, and the clock.
+pub(crate) struct Found {
+    pub view: Arc<View>,
+    pub stored: patron_store::StoredProfile,
+    pub as_of: Option<Millis>,
+    /// The read snapshot the state came from, for further point reads.
+    pub reader: patron_store::StoreReader,
+}
+
+/// Finds `id` (or the customer it is an alias of): 404 when there is none.
+pub(crate) async fn lookup(state: &ApiState, id: &str) -> Result<Found, ApiError> {
+    let view = state.views.get(&state.store, &state.config).await?;
+    // A point read on its own MVCC snapshot: a few microseconds, never waits on the writer.
+    let reader = state.store.reader().map_err(ApiError::internal)?;
+    let stored = reader.profile(id).map_err(ApiError::internal)?;
+    let Some(stored) = stored else {
+        return Err(ApiError::not_found(format!("no customer `{id}`")));
+    };
+    let as_of = match state.config.scoring.clock {
+        Clock::Event => reader.counters().map_err(ApiError::internal)?.as_of,
+        Clock::Wall => Some(now_millis()),
+    };
+    Ok(Found {
+        view,
+        stored,
+        as_of,
+        reader,
+    })
+}
+
+pub(crate) fn profile(
     view: &View,
     config: &PatronConfig,
     customer_id: String,
@@ -161,11 +179,7 @@ fn profile(
         }
         _ => None,
     };
-    let traits_json = if s.traits.is_empty() {
-        "{}".to_owned()
-    } else {
-        s.traits_json()
-    };
+    let traits_json = traits_text(s);
     let mut p = Profile {
         customer_id,
         aliases: s.aliases.clone(),
@@ -217,9 +231,18 @@ fn profile(
     Ok(p)
 }
 
+/// The `traits` column: the traits object as JSON text.
+pub(crate) fn traits_text(s: &CustomerState) -> String {
+    if s.traits.is_empty() {
+        "{}".to_owned()
+    } else {
+        s.traits_json()
+    }
+}
+
 /// The profile as one row of the `customers` table, so user segments are decided by the same
 /// predicates over the same columns as in SQL.
-fn customers_row(
+pub(crate) fn customers_row(
     p: &Profile,
     s: &CustomerState,
     traits_json: &str,
@@ -251,4 +274,110 @@ fn customers_row(
         Arc::new(StringArray::from(vec![traits_json])),
     ];
     RecordBatch::try_new(customers_schema(), columns).map_err(ApiError::internal)
+}
+
+/// What an erasure did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Erasure {
+    /// The canonical id that was erased.
+    pub customer_id: String,
+    /// Every id erased and tombstoned: the canonical id and its aliases.
+    pub ids: Vec<String>,
+    /// `true` once the erasure is in the committed state (200); `false` when it is in the log
+    /// but not applied yet (202): it will be, in log order.
+    pub erased: bool,
+    /// Where the erase record landed in the source topic.
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// How long `DELETE` waits for its erasure to be committed before answering 202.
+const ERASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Erase a customer, its aliases and their state (right to be forgotten).
+///
+/// The erasure goes through the source topic like any event, so every replica and every replay
+/// applies it at the same place in the log. A tombstone on each id then drops older events for
+/// it, so replaying them does not bring the customer back; events newer than the erasure start
+/// a new profile. Daily revenue and orders keep the customer's share (aggregates, not personal
+/// data).
+#[utoipa::path(
+    delete,
+    path = "/v1/customers/{id}",
+    tag = "customers",
+    params(("id" = String, Path, description = "customer id, or an alias of one")),
+    responses(
+        (status = 200, description = "erased and committed", body = Erasure),
+        (status = 202, description = "in the log, not yet applied", body = Erasure),
+        (status = 401, description = "missing or unknown key", body = ErrorBody),
+        (status = 403, description = "the key is not an admin key", body = ErrorBody),
+        (status = 404, description = "no such customer", body = ErrorBody),
+        (status = 503, description = "no broker to produce the erasure to", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete_customer(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<(axum::http::StatusCode, Json<Erasure>), ApiError> {
+    state.auth.require(&headers, Role::Admin)?;
+    let reader = state.store.reader().map_err(ApiError::internal)?;
+    let stored = reader.profile(&id).map_err(ApiError::internal)?;
+    drop(reader);
+    let Some(stored) = stored else {
+        return Err(ApiError::not_found(format!("no customer `{id}`")));
+    };
+    let producer = state.intake.as_ref().ok_or_else(crate::events::no_intake)?;
+    let at = now_millis();
+    let record = serde_json::json!({
+        "type": "erase",
+        "event_id": format!("erase:{id}:{at}"),
+        "ts": to_rfc3339(at),
+        "customer_id": id,
+    })
+    .to_string();
+    let landed = producer
+        .enqueue(id.as_bytes(), record.as_bytes())
+        .map_err(ApiError::internal)?
+        .landed()
+        .await
+        .map_err(ApiError::internal)?;
+    let mut ids = stored.state.aliases.clone();
+    ids.push(stored.customer_id.clone());
+    if !ids.contains(&id) {
+        ids.push(id.clone());
+    }
+    ids.sort();
+    ids.dedup();
+    let deadline = tokio::time::Instant::now() + ERASE_WAIT;
+    let erased = loop {
+        let reader = state.store.reader().map_err(ApiError::internal)?;
+        if reader
+            .tombstone(&id)
+            .map_err(ApiError::internal)?
+            .is_some_and(|t| t >= at)
+        {
+            break true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    };
+    let status = if erased {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::ACCEPTED
+    };
+    Ok((
+        status,
+        Json(Erasure {
+            customer_id: stored.customer_id,
+            ids,
+            erased,
+            partition: landed.partition,
+            offset: landed.offset,
+        }),
+    ))
 }

@@ -113,8 +113,9 @@ fn from_rejection(rejection: &JsonRejection) -> ApiError {
             "unsupported_media_type",
             "the body must be JSON with Content-Type: application/json",
         ),
+        // 422 (well-formed JSON of the wrong shape) and 400 alike: the body is invalid.
         _ if status.is_client_error() => {
-            ApiError::new(status, "invalid_body", rejection.body_text())
+            ApiError::bad_request("invalid_body", rejection.body_text())
         }
         _ => ApiError::internal(rejection.body_text()),
     }

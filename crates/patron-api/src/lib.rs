@@ -9,19 +9,27 @@
 //! - [`error`]: the one JSON error shape, `{"error": {"code", "message"}}`, and the JSON body
 //!   extractor that keeps rejections in that shape.
 //! - [`view`]: the cached scoring view (snapshot tables, RFM distribution, CLV model).
-//! - [`customers`]: `GET /v1/customers/{id}`, the profile.
+//! - [`customers`]: `GET /v1/customers/{id}`, the profile; `DELETE`, erasure through the log.
+//! - [`events`]: `POST /v1/events`, validated intake produced to the source topic.
+//! - [`offers`]: the offer catalog and next-best-offer decisions.
 //! - [`segments`]: segment counts and paged members.
+//! - [`kpis`]: KPIs, cohorts, KPI history, objectives; streamed segment exports.
 //! - [`query`]: read-only SQL with row and time limits; JSON or Arrow IPC.
 //! - [`model`]: the stored CLV model and on-demand refits.
 //! - [`http_metrics`]: per-route latency histograms and request counts.
 //! - [`routes`]: the router, health, readiness, status and metrics.
 //! - [`openapi`]: the OpenAPI 3 document, generated from the handlers.
+//! - [`dashboard`]: the page at `/` and its assets, compiled in; charts drawn in the browser.
 
 pub mod auth;
 pub mod customers;
+pub mod dashboard;
 pub mod error;
+pub mod events;
 pub mod http_metrics;
+pub mod kpis;
 pub mod model;
+pub mod offers;
 pub mod openapi;
 pub mod query;
 pub mod routes;
@@ -31,7 +39,9 @@ pub mod view;
 use std::sync::Arc;
 
 use patron_core::config::PatronConfig;
+use patron_core::decode::Decoder;
 use patron_store::Store;
+use patron_stream::kafka::produce::IntakeProducer;
 use patron_stream::kafka::status::IngestStatus;
 use prometheus_client::registry::Registry;
 
@@ -52,6 +62,12 @@ pub struct ApiState {
     pub views: view::ViewCache,
     pub http: http_metrics::HttpMetrics,
     pub query_limits: QueryLimits,
+    /// The stream's validation rules, for event intake.
+    pub decoder: Decoder,
+    /// The producer to the source topic (`POST /v1/events`, erasure); `None` answers 503.
+    pub intake: Option<Arc<IntakeProducer>>,
+    /// The compiled offer catalog.
+    pub offers: offers::OfferBook,
 }
 
 impl ApiState {
@@ -73,14 +89,24 @@ impl ApiState {
             views: view::ViewCache::default(),
             http: http_metrics::HttpMetrics::default(),
             query_limits: QueryLimits::default(),
+            decoder: Decoder::default(),
+            intake: None,
+            offers: offers::OfferBook::default(),
         }
     }
 
     /// The configuration the routes score and limit with (segments, RFM map, clock, `[clv]`,
     /// `[engagement]`, `[kpi] refresh_interval`, `[api] max_body_bytes`).
     pub fn with_config(mut self, config: Arc<PatronConfig>) -> Self {
+        self.decoder = Decoder::from_config(&config);
         self.config = config;
         self.views = view::ViewCache::default();
+        self
+    }
+
+    /// Where `POST /v1/events` and erasures are produced.
+    pub fn with_intake(mut self, producer: Arc<IntakeProducer>) -> Self {
+        self.intake = Some(producer);
         self
     }
 

@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{customers, error, model, query, routes, segments};
+use crate::{customers, error, events, model, offers, query, routes, segments};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,23 +20,52 @@ use crate::{customers, error, model, query, routes, segments};
         routes::metrics,
         openapi_json,
         customers::get_customer,
+        customers::delete_customer,
+        events::post_events,
+        offers::decide,
+        crate::dashboard::index,
+        crate::dashboard::asset,
+        offers::list_catalog,
+        offers::get_offer,
+        offers::put_offer,
+        offers::delete_offer,
         segments::list_segments,
         segments::segment_customers,
         query::run_query,
         model::get_model,
         model::fit_model,
+        crate::kpis::get_kpis,
+        crate::kpis::get_cohorts,
+        crate::kpis::get_history,
+        crate::kpis::get_objectives,
+        crate::kpis::export_segment,
     ),
     components(schemas(
         error::ErrorBody,
         error::ErrorDetail,
         customers::Profile,
         customers::CategoryAffinity,
+        customers::Erasure,
+        events::IntakeResponse,
+        offers::Offer,
+        offers::Catalog,
+        offers::Decision,
+        offers::RankedOffer,
+        offers::Withheld,
+        events::EventResult,
         segments::SegmentList,
         segments::SegmentSummary,
         segments::SegmentMembers,
         segments::SegmentMember,
         query::QueryRequest,
         query::QueryResult,
+        crate::kpis::KpisResponse,
+        crate::kpis::CohortsResponse,
+        crate::kpis::Cohort,
+        crate::kpis::HistoryResponse,
+        crate::kpis::HistoryDay,
+        crate::kpis::ObjectivesResponse,
+        crate::kpis::Objective,
     )),
     modifiers(&BearerAuth)
 )]

@@ -72,6 +72,7 @@ pub struct QueryResult {
         (status = 401, description = "missing or unknown key", body = ErrorBody),
         (status = 403, description = "the key's role is not admin", body = ErrorBody),
         (status = 413, description = "body over [api] max_body_bytes", body = ErrorBody),
+        (status = 415, description = "the body is not sent as application/json", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

@@ -13,16 +13,32 @@ use patron_core::config::Role;
 use serde_json::json;
 
 use crate::error::ErrorBody;
-use crate::{ApiError, ApiState, customers, http_metrics, model, openapi, query, segments};
+use crate::{
+    ApiError, ApiState, customers, events, http_metrics, model, offers, openapi, query, segments,
+};
 
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
+        .route("/", get(crate::dashboard::index))
+        .route("/assets/{file}", get(crate::dashboard::asset))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::openapi_json))
-        .route("/v1/customers/{id}", get(customers::get_customer))
+        .route(
+            "/v1/customers/{id}",
+            get(customers::get_customer).delete(customers::delete_customer),
+        )
+        .route("/v1/customers/{id}/offers", get(offers::decide))
+        .route("/v1/offers/catalog", get(offers::list_catalog))
+        .route(
+            "/v1/offers/catalog/{id}",
+            get(offers::get_offer)
+                .put(offers::put_offer)
+                .delete(offers::delete_offer),
+        )
+        .route("/v1/events", post(events::post_events))
         .route("/v1/segments", get(segments::list_segments))
         .route(
             "/v1/segments/{name}/customers",
@@ -31,9 +47,21 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/query", post(query::run_query))
         .route("/v1/model", get(model::get_model))
         .route("/v1/model/fit", post(model::fit_model))
+        .route("/v1/kpis", get(crate::kpis::get_kpis))
+        .route("/v1/kpis/cohorts", get(crate::kpis::get_cohorts))
+        .route("/v1/kpis/history", get(crate::kpis::get_history))
+        .route("/v1/objectives", get(crate::kpis::get_objectives))
+        .route(
+            "/v1/segments/{name}/export",
+            get(crate::kpis::export_segment),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.api.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.config.api.request_timeout,
+            time_limit,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             http_metrics::track,
@@ -94,6 +122,15 @@ pub async fn status(
             "http".into(),
             serde_json::to_value(state.http.summaries()).map_err(ApiError::internal)?,
         );
+        let erasures = state
+            .store
+            .reader()
+            .and_then(|r| r.erasures())
+            .map_err(ApiError::internal)?;
+        obj.insert(
+            "erasures".into(),
+            serde_json::to_value(erasures).map_err(ApiError::internal)?,
+        );
     }
     Ok(Json(report))
 }
@@ -145,4 +182,25 @@ async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "this route does not take that method",
     )
+}
+
+/// `[api] request_timeout`: a request still running after it is answered 503 `timeout`, and
+/// its handler is dropped.
+async fn time_limit(
+    State(limit): State<std::time::Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!(
+                "the request took longer than [api] request_timeout ({} ms)",
+                limit.as_millis()
+            ),
+        )
+        .into_response(),
+    }
 }

@@ -20,7 +20,9 @@ use patron_core::clv::ClvOptions;
 use patron_core::config::PatronConfig;
 use patron_core::money::Money;
 use patron_core::rfm::{PROSPECT, RfmDistribution, RfmMap};
+use patron_core::time::{Millis, now_millis};
 use patron_query::clv::{StoredModel, load_model};
+use patron_query::kpi::{self, KpiOptions, KpiSet};
 use patron_query::snapshot::{CompiledPredicate, customers_schema};
 use patron_query::{Snapshot, SnapshotOptions};
 use patron_store::Store;
@@ -36,6 +38,11 @@ pub struct View {
     /// User-defined segments, compiled against the `customers` schema.
     pub predicates: Vec<(String, CompiledPredicate)>,
     pub built: Instant,
+    /// The KPI set of this snapshot (`GET /v1/kpis`), computed with the view so no request
+    /// scans for it.
+    pub kpis: KpiSet,
+    /// Wall-clock time the view was built, the KPIs' `computed_at`.
+    pub computed_at: Millis,
 }
 
 impl View {
@@ -55,7 +62,10 @@ impl View {
                     .map_err(|e| ApiError::internal(format!("segment `{}`: {e}", s.name)))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let kpis = kpi::compute(&snapshot, &KpiOptions::from_config(config));
         Ok(Self {
+            kpis,
+            computed_at: now_millis(),
             distribution: distribution(&snapshot),
             snapshot,
             rfm_map: opts.rfm_map,

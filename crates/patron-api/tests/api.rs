@@ -458,7 +458,7 @@ async fn query_refuses_writes_and_files() {
             Some(body.clone()),
         )
         .await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {b}");
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {b}");
         assert_error(&b, "invalid_body");
     }
     let (status, _, bytes) = call_raw(
@@ -535,6 +535,56 @@ async fn body_over_the_limit_is_413() {
     .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert_error(&body, "payload_too_large");
+}
+
+/// Intake refuses a bad batch as a whole before it touches the broker: empty, not a JSON
+/// array, over `max_batch`, over `max_body_bytes`; all in the error shape.
+#[tokio::test]
+async fn event_intake_refuses_bad_batches() {
+    let mut cfg = config();
+    cfg.api.max_batch = 2;
+    cfg.api.max_body_bytes = 4096;
+    let f = fixture_with(cfg, &events(), QueryLimits::default());
+    let post = |body: String| {
+        let app = f.app.clone();
+        async move {
+            let (status, _, bytes) = call_raw(
+                &app,
+                Method::POST,
+                "/v1/events",
+                Some(INGEST),
+                Some(body),
+                None,
+            )
+            .await;
+            (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+        }
+    };
+    let (status, body) = post("  \n".into()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&body, "empty_batch");
+    let (status, body) = post("[{\"type\": \"purchase\"},".into()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&body, "invalid_body");
+    let three = "{}\n{}\n{}\n".to_owned();
+    let (status, body) = post(three).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_error(&body, "batch_too_large");
+    let (status, body) = post(format!("[\"{}\"]", "x".repeat(5000))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_error(&body, "payload_too_large");
+    // A reader key may not ingest, and an ingest key may not read.
+    let (status, _) = call(&f.app, Method::POST, "/v1/events", Some(READER), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = call(
+        &f.app,
+        Method::GET,
+        "/v1/customers/alice",
+        Some(INGEST),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
 #[tokio::test]
@@ -668,6 +718,14 @@ async fn openapi_documents_every_route() {
         ("/v1/query", "post"),
         ("/v1/model", "get"),
         ("/v1/model/fit", "post"),
+        ("/v1/customers/{id}", "delete"),
+        ("/v1/customers/{id}/offers", "get"),
+        ("/v1/events", "post"),
+        ("/v1/offers/catalog", "get"),
+        ("/v1/offers/catalog/{id}", "get"),
+        ("/v1/offers/catalog/{id}", "put"),
+        ("/v1/offers/catalog/{id}", "delete"),
+        ("/", "get"),
     ] {
         assert!(
             doc["paths"][path][method].is_object(),
@@ -707,6 +765,46 @@ async fn role_matrix() {
     );
     let routes: Vec<Case<'_>> = vec![
         (&f.app, Method::GET, "/healthz", None, None, StatusCode::OK),
+        (
+            &f.app,
+            Method::GET,
+            "/v1/kpis",
+            None,
+            Some(Role::Reader),
+            StatusCode::OK,
+        ),
+        (
+            &f.app,
+            Method::GET,
+            "/v1/kpis/cohorts",
+            None,
+            Some(Role::Reader),
+            StatusCode::OK,
+        ),
+        (
+            &f.app,
+            Method::GET,
+            "/v1/kpis/history?days=7",
+            None,
+            Some(Role::Reader),
+            StatusCode::OK,
+        ),
+        (
+            &f.app,
+            Method::GET,
+            "/v1/objectives",
+            None,
+            Some(Role::Reader),
+            StatusCode::OK,
+        ),
+        (
+            &f.app,
+            Method::GET,
+            "/v1/segments/big/export?format=csv",
+            None,
+            Some(Role::Reader),
+            StatusCode::OK,
+        ),
         // Not running: the status was never marked ready.
         (
             &f.app,
@@ -789,6 +887,67 @@ async fn role_matrix() {
             Some(Role::Admin),
             StatusCode::CONFLICT,
         ),
+        (
+            &f.app,
+            Method::DELETE,
+            "/v1/customers/nobody",
+            None,
+            Some(Role::Admin),
+            StatusCode::NOT_FOUND,
+        ),
+        // The fixture has no broker: an allowed key gets as far as "no intake".
+        (
+            &f.app,
+            Method::POST,
+            "/v1/events",
+            Some(
+                json!([{"type": "purchase", "event_id": "m1", "ts": "2025-01-01T00:00:00Z",
+                "customer_id": "zed", "amount": 5}]),
+            ),
+            Some(Role::Ingest),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        (
+            &f.app,
+            Method::GET,
+            "/v1/customers/alice/offers",
+            None,
+            Some(Role::Marketing),
+            StatusCode::OK,
+        ),
+        (
+            &f.app,
+            Method::GET,
+            "/v1/offers/catalog",
+            None,
+            Some(Role::Admin),
+            StatusCode::OK,
+        ),
+        (
+            &f.app,
+            Method::PUT,
+            "/v1/offers/catalog/matrix",
+            Some(json!({"name": "Matrix", "value": 1.0})),
+            Some(Role::Admin),
+            StatusCode::CREATED,
+        ),
+        (
+            &f.app,
+            Method::GET,
+            "/v1/offers/catalog/none",
+            None,
+            Some(Role::Admin),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            &f.app,
+            Method::DELETE,
+            "/v1/offers/catalog/none",
+            None,
+            Some(Role::Admin),
+            StatusCode::NOT_FOUND,
+        ),
+        (&f.app, Method::GET, "/", None, None, StatusCode::OK),
     ];
     let keys: [(Option<&str>, Option<Role>); 6] = [
         (None, None),
@@ -815,4 +974,192 @@ async fn role_matrix() {
             }
         }
     }
+}
+
+/// Offers: catalog checks on write; decisions filter by window, channel, eligibility, holdout
+/// and contact policy, and score the rest p_accept × value − cost + affinity boost.
+#[tokio::test]
+async fn offers_rank_eligible_offers_and_explain_the_rest() {
+    let mut cfg = config();
+    cfg.offers = patron_core::config::OffersSection::Table(patron_core::config::OffersTable {
+        exploration: patron_core::config::Exploration::Greedy,
+        ..Default::default()
+    });
+    let mut evs = events();
+    // Alice saw `capped` twice and declined `cool`, in March 2026.
+    for (i, (kind, offer)) in [
+        ("offer_shown", "capped"),
+        ("offer_shown", "capped"),
+        ("offer_declined", "cool"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        evs.push(json!({"event_id": format!("o{i}"), "type": "interaction",
+            "ts": "2026-03-05T12:00:00Z", "customer_id": "alice", "kind": kind, "offer_id": offer}));
+    }
+    let f = fixture_with(cfg, &evs, QueryLimits::default());
+    let put = |id: &'static str, body: Value| {
+        let app = f.app.clone();
+        async move {
+            call(
+                &app,
+                Method::PUT,
+                &format!("/v1/offers/catalog/{id}"),
+                Some(ADMIN),
+                Some(body),
+            )
+            .await
+        }
+    };
+    let long = "3650days";
+    for (id, body) in [
+        ("plain", json!({"name": "Plain", "value": 10, "cost": 1})),
+        (
+            "shoes",
+            json!({"name": "Shoes", "value": 10, "cost": 1, "category": "shoes"}),
+        ),
+        (
+            "never",
+            json!({"name": "Never", "value": 10, "eligible": "monetary > 1000000"}),
+        ),
+        (
+            "web",
+            json!({"name": "Web", "value": 10, "channels": ["web"]}),
+        ),
+        (
+            "gone",
+            json!({"name": "Gone", "value": 10, "ends": "2026-01-01T00:00:00Z"}),
+        ),
+        (
+            "capped",
+            json!({"name": "Capped", "value": 10, "max_impressions": 2, "window": long}),
+        ),
+        (
+            "cool",
+            json!({"name": "Cool", "value": 10, "cooldown_after_decline": long}),
+        ),
+        (
+            "control",
+            json!({"name": "Control", "value": 10, "holdout": 0.999}),
+        ),
+    ] {
+        let (status, body) = put(id, body).await;
+        assert_eq!(status, StatusCode::CREATED, "{id}: {body}");
+    }
+    // Bad offers are refused with the field named, and change nothing.
+    let (status, body) = put(
+        "bad",
+        json!({"name": "Bad", "value": 1, "eligible": "no_such_col > 1"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&body, "invalid_offer");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`eligible`"),
+        "{body}"
+    );
+    let (status, body) = put("plain", json!({"id": "other", "name": "X", "value": 1})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = put("plain", json!({"name": "Plain", "value": 10, "cost": 1})).await;
+    assert_eq!(status, StatusCode::OK, "replacing: {body}");
+    let (_, catalog) = call(&f.app, Method::GET, "/v1/offers/catalog", Some(ADMIN), None).await;
+    assert_eq!(catalog["offers"].as_array().unwrap().len(), 8, "{catalog}");
+
+    let uri = "/v1/customers/anon-1/offers?channel=email&limit=5";
+    let (status, d) = call(&f.app, Method::GET, uri, Some(MARKETING), None).await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    assert_eq!(d["customer_id"], "alice", "an alias resolves");
+    assert_eq!(d["exploration"], "greedy");
+    let ranked: Vec<(&str, f64)> = d["offers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["offer_id"].as_str().unwrap(),
+                o["score"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    // No feedback yet: P(accept) is the Beta(1, 1) mean, 0.5. Shoes is alice's top category:
+    // + 0.1 × 10.
+    assert_eq!(ranked, vec![("shoes", 5.0), ("plain", 4.0)], "{d:#}");
+    assert_eq!(d["offers"][0]["affinity_boost"], 1.0);
+    assert_eq!(d["offers"][0]["p_accept"], 0.5);
+    assert_eq!(d["offers"][0]["holdout"], false);
+    assert_eq!(d["held_out"][0]["offer_id"], "control");
+    assert_eq!(d["held_out"][0]["holdout"], true);
+    let reasons: std::collections::BTreeMap<&str, &str> = d["suppressed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            let reason = w["reason"].as_str().unwrap();
+            (
+                w["offer_id"].as_str().unwrap(),
+                reason.split(':').next().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("capped", "capped"),
+            ("cool", "cooldown"),
+            ("gone", "not_active"),
+            ("never", "not_eligible"),
+            ("web", "channel"),
+        ]
+        .into_iter()
+        .collect(),
+        "{d:#}"
+    );
+    assert!(
+        d["decision_id"]
+            .as_str()
+            .unwrap()
+            .ends_with(d["rfm_segment"].as_str().unwrap())
+    );
+
+    // Validation and lookups.
+    let (status, _) = call(
+        &f.app,
+        Method::GET,
+        "/v1/customers/alice/offers?limit=0",
+        Some(MARKETING),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = call(
+        &f.app,
+        Method::GET,
+        "/v1/customers/nobody/offers",
+        Some(MARKETING),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call(
+        &f.app,
+        Method::DELETE,
+        "/v1/offers/catalog/plain",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(
+        &f.app,
+        Method::GET,
+        "/v1/offers/catalog/plain",
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -252,6 +252,9 @@ pub struct ApiConfig {
     pub listen: String,
     pub max_body_bytes: usize,
     pub max_batch: usize,
+    /// A request still running after this gets 503 `timeout` (SQL has its own, shorter limit).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     pub metrics_key: Option<String>,
     pub keys: Vec<ApiKeyConfig>,
 }
@@ -262,6 +265,7 @@ impl Default for ApiConfig {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 1024 * 1024,
             max_batch: 1000,
+            request_timeout: Duration::from_secs(30),
             metrics_key: None,
             keys: Vec::new(),
         }
@@ -301,6 +305,20 @@ impl OffersSection {
         }
     }
 
+    pub fn seed(&self) -> Option<u64> {
+        match self {
+            OffersSection::Catalog(_) => None,
+            OffersSection::Table(t) => t.seed,
+        }
+    }
+
+    pub fn affinity_boost(&self) -> f64 {
+        match self {
+            OffersSection::Catalog(_) => OffersTable::default().affinity_boost,
+            OffersSection::Table(t) => t.affinity_boost,
+        }
+    }
+
     pub fn catalog(&self) -> &[OfferConfig] {
         match self {
             OffersSection::Catalog(c) => c,
@@ -309,11 +327,27 @@ impl OffersSection {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OffersTable {
     pub exploration: Exploration,
+    /// Seeds Thompson sampling, for reproducible tests; unset draws from the OS.
+    pub seed: Option<u64>,
+    /// Added to an offer's score when its category is among the customer's top categories,
+    /// as a share of the offer's value.
+    pub affinity_boost: f64,
     pub catalog: Vec<OfferConfig>,
+}
+
+impl Default for OffersTable {
+    fn default() -> Self {
+        Self {
+            exploration: Exploration::default(),
+            seed: None,
+            affinity_boost: 0.1,
+            catalog: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -548,6 +548,9 @@ impl Decoder {
                 previous_id: req_id(env.previous_id, "previous_id")?,
                 customer_id: req_id(env.customer_id, "customer_id")?,
             }),
+            "erase" => EventBody::Erase(Erase {
+                customer_id: req_id(env.customer_id, "customer_id")?,
+            }),
             other => {
                 return Err(Rejection::new(
                     RejectReason::UnknownType,

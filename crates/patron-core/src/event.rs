@@ -32,6 +32,10 @@ pub enum EventBody {
     Interaction(Interaction),
     Identify(Identify),
     Alias(Alias),
+    /// Right to be forgotten: erase `customer_id`, its aliases and their state. Produced by
+    /// `DELETE /v1/customers/{id}` into the log, so every replica and every replay sees it at the
+    /// same position.
+    Erase(Erase),
 }
 
 /// Amounts are already converted to the base currency.
@@ -83,6 +87,11 @@ pub struct Alias {
     pub customer_id: String,
 }
 
+#[derive(Debug, Clone, PartialEq)]
+pub struct Erase {
+    pub customer_id: String,
+}
+
 impl Event {
     /// The profile this event belongs to before alias resolution; also the Kafka message key.
     pub fn profile_id(&self) -> &str {
@@ -92,6 +101,7 @@ impl Event {
             EventBody::Interaction(i) => &i.profile_id,
             EventBody::Identify(i) => &i.customer_id,
             EventBody::Alias(a) => &a.customer_id,
+            EventBody::Erase(e) => &e.customer_id,
         }
     }
 
@@ -111,6 +121,7 @@ impl Event {
             EventBody::Interaction(_) => "interaction",
             EventBody::Identify(_) => "identify",
             EventBody::Alias(_) => "alias",
+            EventBody::Erase(_) => "erase",
         }
     }
 }

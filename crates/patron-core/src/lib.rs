@@ -18,6 +18,7 @@ pub mod config;
 pub mod decode;
 pub mod event;
 pub mod money;
+pub mod offer;
 pub mod rfm;
 pub mod state;
 pub mod time;

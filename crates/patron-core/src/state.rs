@@ -46,6 +46,8 @@ impl Default for ApplyContext {
 pub enum ApplyOutcome {
     Applied,
     Duplicate,
+    /// Dropped: the customer was erased after this event's time (a tombstone holds).
+    Erased,
 }
 
 /// A sum of weights decayed with a half-life, stored as its value at `at` (the newest input).
@@ -370,6 +372,8 @@ impl CustomerState {
                     self.add_alias(prev.to_owned());
                 }
             }
+            // Erasure removes the profile; the applier does it before a state is involved.
+            EventBody::Erase(_) => {}
         }
         self.remember(event.id, ts, ctx.dedup_window_ms);
         ApplyOutcome::Applied

@@ -8,11 +8,13 @@
 //!
 //! Layout:
 //! - [`snapshot`]: building the `customers`, `segments`, `kpi_daily` and `offer_stats` tables.
+//! - [`kpi`]: the KPI set, cohort retention, objective progress and the daily KPI history.
 //! - [`sql`]: the read-only session and query execution.
 //! - [`clv`]: fitting the CLV models on the store's customer summaries; the stored model.
 //! - [`output`]: table, CSV and JSON rendering; Parquet and CSV export.
 
 pub mod clv;
+pub mod kpi;
 pub mod output;
 pub mod snapshot;
 pub mod sql;

@@ -17,9 +17,10 @@ use patron_core::config::{Clock, PatronConfig, SegmentConfig};
 use patron_core::money::Money;
 use patron_core::rfm::{PROSPECT, RfmDistribution, RfmMap};
 use patron_core::time::{MILLIS_PER_DAY, Millis, now_millis};
-use patron_store::Store;
-use patron_store::scan::{base_batches, timestamp_type};
+use patron_store::scan::{BaseColumns, timestamp_type};
+use patron_store::{DailyTotals, Store, StoreReader};
 
+use crate::kpi::{DailySeries, DayKpis, PopulationStats};
 use crate::{QueryError, Result};
 
 /// What a snapshot is computed against.
@@ -56,6 +57,10 @@ pub struct Snapshot {
     pub segments: RecordBatch,
     pub kpi_daily: RecordBatch,
     pub offer_stats: RecordBatch,
+    /// The daily totals, by day index (the exact money behind `kpi_daily`).
+    pub daily: Vec<(i32, DailyTotals)>,
+    /// Aggregates of the stored states for the KPIs (activity bitmaps, exact gross).
+    pub population: PopulationStats,
 }
 
 pub fn customers_schema() -> SchemaRef {
@@ -93,7 +98,7 @@ impl Snapshot {
             Clock::Event => counters.as_of,
             Clock::Wall => Some(now_millis()),
         });
-        let base = base_batches(&reader, opts.batch_rows)?;
+        let (base, population) = scan(&reader, opts.batch_rows)?;
         let daily = reader.daily_all()?;
         drop(reader);
 
@@ -110,12 +115,40 @@ impl Snapshot {
             segments,
             kpi_daily: kpi_daily_table(&daily)?,
             offer_stats: offer_stats_table()?,
+            daily,
+            population,
         })
     }
 
     pub fn customer_count(&self) -> usize {
         self.customers.iter().map(|b| b.num_rows()).sum()
     }
+}
+
+/// Every profile as base-column batches of at most `batch_rows` rows, in customer-id order,
+/// and the KPI aggregates of the same states (one decode per profile).
+fn scan(reader: &StoreReader, batch_rows: usize) -> Result<(Vec<RecordBatch>, PopulationStats)> {
+    let mut out = Vec::new();
+    let mut stats = PopulationStats::default();
+    let mut cols = BaseColumns::with_capacity(batch_rows);
+    let mut err = None;
+    reader.for_each_profile(|id, scope, state| {
+        stats.add(&state);
+        cols.push(id, scope, &state);
+        if cols.len() >= batch_rows && err.is_none() {
+            match cols.finish() {
+                Ok(b) => out.push(b),
+                Err(e) => err = Some(e),
+            }
+        }
+    })?;
+    if let Some(e) = err {
+        return Err(e.into());
+    }
+    if !cols.is_empty() {
+        out.push(cols.finish()?);
+    }
+    Ok((out, stats))
 }
 
 fn distribution(base: &[RecordBatch]) -> RfmDistribution {
@@ -430,48 +463,76 @@ fn segments_table(
     )?)
 }
 
-fn kpi_daily_table(daily: &[(i32, patron_store::DailyTotals)]) -> Result<RecordBatch> {
-    let mut day = Date32Builder::new();
-    let ints = [
-        "orders",
-        "refunds",
-        "new_customers",
-        "interactions",
-        "offers_shown",
-        "offers_accepted",
-        "offers_declined",
-    ];
-    let mut int_b: Vec<Int64Builder> = ints.iter().map(|_| Int64Builder::new()).collect();
-    let mut revenue = Float64Builder::new();
-    let mut refunded = Float64Builder::new();
-    for (d, t) in daily {
-        day.append_value(*d);
-        let vals = [
-            t.orders as i64,
-            t.refunds as i64,
-            t.new_customers,
-            t.interactions as i64,
-            t.offers_shown as i64,
-            t.offers_accepted as i64,
-            t.offers_declined as i64,
-        ];
-        for (b, v) in int_b.iter_mut().zip(vals) {
-            b.append_value(v);
-        }
-        revenue.append_value(t.revenue.as_f64());
-        refunded.append_value(t.refunded.as_f64());
+/// One row per stored day: that day's totals, then the KPIs exact for the end of that day
+/// (see [`DayKpis`]).
+fn kpi_daily_table(daily: &[(i32, DailyTotals)]) -> Result<RecordBatch> {
+    let rows = DailySeries::new(daily).stored_days();
+    let mut t = Columns::default();
+    let mut day = Date32Builder::with_capacity(rows.len());
+    rows.iter().for_each(|r| day.append_value(r.day));
+    t.push(
+        Field::new("day", DataType::Date32, false),
+        Arc::new(day.finish()),
+    );
+    t.float("revenue", false, &rows, |r| Some(r.revenue));
+    t.float("refunded", false, &rows, |r| Some(r.refunded));
+    t.int("orders", &rows, |r| r.orders as i64);
+    t.int("refunds", &rows, |r| r.refunds as i64);
+    t.int("new_customers", &rows, |r| r.new_customers);
+    t.int("interactions", &rows, |r| r.interactions as i64);
+    t.int("offers_shown", &rows, |r| r.offers_shown as i64);
+    t.int("offers_accepted", &rows, |r| r.offers_accepted as i64);
+    t.int("offers_declined", &rows, |r| r.offers_declined as i64);
+    t.int("customers", &rows, |r| r.customers);
+    t.int("new_customers_30d", &rows, |r| r.new_customers_30d);
+    t.float("revenue_30d", false, &rows, |r| Some(r.revenue_30d));
+    t.int("orders_30d", &rows, |r| r.orders_30d as i64);
+    t.float("avg_order_value", true, &rows, |r| r.avg_order_value);
+    t.float("offer_acceptance_rate_30d", true, &rows, |r| {
+        r.offer_acceptance_rate_30d
+    });
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(t.fields)),
+        t.cols,
+    )?)
+}
+
+#[derive(Default)]
+struct Columns {
+    fields: Vec<Field>,
+    cols: Vec<ArrayRef>,
+}
+
+impl Columns {
+    fn push(&mut self, field: Field, col: ArrayRef) {
+        self.fields.push(field);
+        self.cols.push(col);
     }
-    let mut fields = vec![Field::new("day", DataType::Date32, false)];
-    let mut cols: Vec<ArrayRef> = vec![Arc::new(day.finish())];
-    fields.push(Field::new("revenue", DataType::Float64, false));
-    cols.push(Arc::new(revenue.finish()));
-    fields.push(Field::new("refunded", DataType::Float64, false));
-    cols.push(Arc::new(refunded.finish()));
-    for (name, mut b) in ints.iter().zip(int_b) {
-        fields.push(Field::new(*name, DataType::Int64, false));
-        cols.push(Arc::new(b.finish()));
+
+    fn int(&mut self, name: &str, rows: &[DayKpis], f: impl Fn(&DayKpis) -> i64) {
+        let mut b = Int64Builder::with_capacity(rows.len());
+        rows.iter().for_each(|r| b.append_value(f(r)));
+        self.push(
+            Field::new(name, DataType::Int64, false),
+            Arc::new(b.finish()),
+        );
     }
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+
+    /// A float column; nullable when `f` can return `None` (a rate of an empty window).
+    fn float(
+        &mut self,
+        name: &str,
+        nullable: bool,
+        rows: &[DayKpis],
+        f: impl Fn(&DayKpis) -> Option<f64>,
+    ) {
+        let mut b = Float64Builder::with_capacity(rows.len());
+        rows.iter().for_each(|r| b.append_option(f(r)));
+        self.push(
+            Field::new(name, DataType::Float64, nullable),
+            Arc::new(b.finish()),
+        );
+    }
 }
 
 fn offer_stats_table() -> Result<RecordBatch> {

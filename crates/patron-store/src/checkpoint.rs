@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use patron_core::money::Money;
 use patron_core::state::CustomerState;
 use patron_core::time::Millis;
-use redb::Database;
+use redb::{Database, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
@@ -77,6 +77,18 @@ impl StoreCounters {
     }
 }
 
+/// What erasure has done since the store was created (kept apart from [`StoreCounters`] so
+/// stores written before erasure existed still decode).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErasureCounters {
+    /// Erase requests applied.
+    pub customers: u64,
+    /// Ids tombstoned (canonical ids and their aliases).
+    pub ids: u64,
+    /// Events dropped because a tombstone covered them.
+    pub events_dropped: u64,
+}
+
 /// Totals of one day of event time, kept incrementally for KPIs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DailyTotals {
@@ -108,6 +120,18 @@ pub struct Checkpoint {
     pub dead_letters: Vec<(u64, DeadLetterRecord)>,
     /// Outbox entries the dead-letter topic has acknowledged, to remove.
     pub dead_letters_delivered: Vec<u64>,
+    /// Alias links to remove (erased ids).
+    pub aliases_removed: Vec<String>,
+    /// Erased ids and their erasure time.
+    pub tombstones: Vec<(String, Millis)>,
+    /// Written when `Some`.
+    pub erasures: Option<ErasureCounters>,
+    /// Contact histories to write, by (customer id, offer id).
+    pub contacts: Vec<((String, String), crate::ContactRecord)>,
+    /// Customers whose every contact record goes (erasure).
+    pub contacts_removed_for: Vec<String>,
+    /// Arm counts to write, by (offer id, segment).
+    pub offer_counts: Vec<((String, String), crate::OfferCounts)>,
 }
 
 /// A rejected record waiting in the outbox for the dead-letter topic.
@@ -144,6 +168,42 @@ pub(crate) fn commit(db: &Database, cp: &Checkpoint) -> Result<()> {
         for (from, to) in &cp.aliases {
             aliases.insert(from.as_str(), to.as_str())?;
         }
+        for from in &cp.aliases_removed {
+            aliases.remove(from.as_str())?;
+        }
+        let mut contacts = txn.open_table(OFFER_CONTACTS)?;
+        for customer in &cp.contacts_removed_for {
+            let offers: Vec<String> = contacts
+                .range((customer.as_str(), "")..)?
+                .map_while(|e| {
+                    e.map(|(k, _)| {
+                        let (c, o) = k.value();
+                        (c == customer.as_str()).then(|| o.to_owned())
+                    })
+                    .transpose()
+                })
+                .collect::<Result<_, _>>()?;
+            for offer in offers {
+                contacts.remove((customer.as_str(), offer.as_str()))?;
+            }
+        }
+        for ((customer, offer), record) in &cp.contacts {
+            contacts.insert(
+                (customer.as_str(), offer.as_str()),
+                codec::encode(record).as_slice(),
+            )?;
+        }
+        let mut arms = txn.open_table(OFFER_STATS)?;
+        for ((offer, segment), counts) in &cp.offer_counts {
+            arms.insert(
+                (offer.as_str(), segment.as_str()),
+                codec::encode(counts).as_slice(),
+            )?;
+        }
+        let mut tombstones = txn.open_table(TOMBSTONES)?;
+        for (id, at) in &cp.tombstones {
+            tombstones.insert(id.as_str(), *at)?;
+        }
         let mut daily = txn.open_table(DAILY)?;
         for (day, totals) in &cp.daily {
             daily.insert(*day, codec::encode(totals).as_slice())?;
@@ -168,6 +228,9 @@ pub(crate) fn commit(db: &Database, cp: &Checkpoint) -> Result<()> {
         }
         let mut meta = txn.open_table(META)?;
         meta.insert(META_COUNTERS, codec::encode(&cp.counters).as_slice())?;
+        if let Some(erasures) = &cp.erasures {
+            meta.insert(META_ERASURES, codec::encode(erasures).as_slice())?;
+        }
         for (k, v) in &cp.meta {
             meta.insert(k.as_str(), v.as_slice())?;
         }

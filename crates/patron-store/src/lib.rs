@@ -12,9 +12,11 @@
 //!   counters.
 //! - [`reader`]: point lookups with alias resolution, and full scans.
 //! - [`scan`]: scans as Arrow `RecordBatch`es.
+//! - [`offers`]: the offer catalog, contact histories and learning counts.
 
 pub mod checkpoint;
 pub mod codec;
+pub mod offers;
 pub mod reader;
 pub mod scan;
 pub mod tables;
@@ -25,8 +27,10 @@ use std::sync::Arc;
 use redb::ReadableDatabase;
 
 pub use checkpoint::{
-    Checkpoint, DailyTotals, DeadLetterRecord, ProfileWrite, SourcePosition, StoreCounters,
+    Checkpoint, DailyTotals, DeadLetterRecord, ErasureCounters, ProfileWrite, SourcePosition,
+    StoreCounters,
 };
+pub use offers::{ContactRecord, OfferCounts};
 pub use reader::{StoreReader, StoredProfile};
 
 /// Everything that can go wrong in the store, with the file at fault.

@@ -5,7 +5,7 @@ use redb::{ReadOnlyTable, ReadTransaction, ReadableTable};
 
 use crate::Result;
 use crate::checkpoint::{
-    DailyTotals, DeadLetterRecord, SourcePosition, StoreCounters, decode_position,
+    DailyTotals, DeadLetterRecord, ErasureCounters, SourcePosition, StoreCounters, decode_position,
 };
 use crate::codec;
 use crate::tables::*;
@@ -24,7 +24,7 @@ pub struct StoredProfile {
 /// The hot tables are opened once per snapshot: opening a table costs about as much as a
 /// lookup, and the writer's cache misses and the API's point reads do many lookups each.
 pub struct StoreReader {
-    txn: ReadTransaction,
+    pub(crate) txn: ReadTransaction,
     customers: ReadOnlyTable<&'static str, &'static [u8]>,
     aliases: ReadOnlyTable<&'static str, &'static str>,
 }
@@ -194,5 +194,37 @@ impl StoreReader {
             ));
         }
         Ok(out)
+    }
+
+    /// Every tombstone (erased id, erasure time in epoch ms). Empty for a store written before
+    /// erasure existed.
+    pub fn all_tombstones(&self) -> Result<Vec<(String, i64)>> {
+        let table = match self.txn.open_table(TOMBSTONES) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.push((k.value().to_owned(), v.value()));
+        }
+        Ok(out)
+    }
+
+    /// When `id` was erased, if it was.
+    pub fn tombstone(&self, id: &str) -> Result<Option<i64>> {
+        match self.txn.open_table(TOMBSTONES) {
+            Ok(t) => Ok(t.get(id)?.map(|v| v.value())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn erasures(&self) -> Result<ErasureCounters> {
+        match self.meta(META_ERASURES)? {
+            Some(bytes) => codec::decode("meta", META_ERASURES, &bytes),
+            None => Ok(ErasureCounters::default()),
+        }
     }
 }

@@ -20,6 +20,18 @@ pub const DAILY: TableDefinition<'_, i32, &[u8]> = TableDefinition::new("daily_t
 /// Dead-letter outbox: sequence number -> [`crate::DeadLetterRecord`], committed with the
 /// positions that passed the rejected records and removed once the dead-letter topic has them.
 pub const DEAD_LETTERS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("dead_letters");
+/// Erased ids (canonical and aliases) -> erasure time (epoch ms). Events for such an id with a
+/// `ts` at or before it are dropped, so a replay of old events cannot bring the customer back.
+pub const TOMBSTONES: TableDefinition<'_, &str, i64> = TableDefinition::new("tombstones");
+/// Offer catalog: offer id -> the offer as JSON (the `[[offers]]` fields).
+pub const OFFER_CATALOG: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("offer_catalog");
+/// (customer id, offer id) -> [`crate::ContactRecord`]: recent impressions and the last decline,
+/// for contact policy.
+pub const OFFER_CONTACTS: TableDefinition<'_, (&str, &str), &[u8]> =
+    TableDefinition::new("offer_contacts");
+/// (offer id, rfm segment) -> [`crate::OfferCounts`]: the learning counts of each arm.
+pub const OFFER_STATS: TableDefinition<'_, (&str, &str), &[u8]> =
+    TableDefinition::new("offer_stats");
 /// Named singletons: format version, counters, as_of, fitted models.
 pub const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 
@@ -30,6 +42,8 @@ pub const META_CLV_MODEL: &str = "clv_model";
 pub const META_DEAD_LETTER_SEQ: &str = "dead_letter_seq";
 /// The dead-letter topic offset of the last delivery the store knows of (i64, little-endian).
 pub const META_DEAD_LETTER_OFFSET: &str = "dead_letter_offset";
+/// [`crate::ErasureCounters`]: customers erased and events dropped by tombstones.
+pub const META_ERASURES: &str = "erasures";
 
 pub(crate) fn initialise(db: &Database, path: &Path) -> Result<()> {
     {
@@ -46,13 +60,18 @@ pub(crate) fn initialise(db: &Database, path: &Path) -> Result<()> {
                     expected: FORMAT_VERSION,
                 });
             }
-            if read.open_table(DEAD_LETTERS).is_ok() {
+            if read.open_table(DEAD_LETTERS).is_ok()
+                && read.open_table(TOMBSTONES).is_ok()
+                && read.open_table(OFFER_CATALOG).is_ok()
+                && read.open_table(OFFER_CONTACTS).is_ok()
+                && read.open_table(OFFER_STATS).is_ok()
+            {
                 return Ok(());
             }
-            // A store from before the dead-letter outbox: add the table.
+            // A store from before the outbox, tombstones or offers: add the tables.
             drop(read);
             let write = db.begin_write()?;
-            write.open_table(DEAD_LETTERS)?;
+            open_later_tables(&write)?;
             write.commit()?;
             return Ok(());
         }
@@ -63,10 +82,20 @@ pub(crate) fn initialise(db: &Database, path: &Path) -> Result<()> {
         write.open_table(ALIASES)?;
         write.open_table(POSITIONS)?;
         write.open_table(DAILY)?;
-        write.open_table(DEAD_LETTERS)?;
+        open_later_tables(&write)?;
         let mut meta = write.open_table(META)?;
         meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
     }
     write.commit()?;
+    Ok(())
+}
+
+/// Tables added after format version 1 was fixed; created on open when missing.
+fn open_later_tables(write: &redb::WriteTransaction) -> Result<()> {
+    write.open_table(DEAD_LETTERS)?;
+    write.open_table(TOMBSTONES)?;
+    write.open_table(OFFER_CATALOG)?;
+    write.open_table(OFFER_CONTACTS)?;
+    write.open_table(OFFER_STATS)?;
     Ok(())
 }

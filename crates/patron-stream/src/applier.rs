@@ -9,11 +9,13 @@ use std::collections::{HashMap, HashSet};
 
 use patron_core::decode::RejectReason;
 use patron_core::event::{Event, EventBody};
+use patron_core::offer::decision_segment;
 use patron_core::state::{ApplyContext, ApplyOutcome, CustomerState};
+use patron_core::time::Millis;
 use patron_core::time::day_index;
 use patron_store::{
-    Checkpoint, DailyTotals, DeadLetterRecord, ProfileWrite, SourcePosition, Store, StoreCounters,
-    StoreReader,
+    Checkpoint, ContactRecord, DailyTotals, DeadLetterRecord, ErasureCounters, OfferCounts,
+    ProfileWrite, SourcePosition, Store, StoreCounters, StoreReader,
 };
 
 use crate::Result;
@@ -41,6 +43,10 @@ pub struct Applier {
     /// few next to profiles (only merged ids have one).
     aliases: HashMap<String, String>,
     new_aliases: Vec<(String, String)>,
+    /// Erased ids and when; like aliases, few and held in memory.
+    tombstones: HashMap<String, Millis>,
+    erasure: ErasureChanges,
+    offers: OfferChanges,
     daily: HashMap<i32, DailyTotals>,
     dirty_days: HashSet<i32>,
     counters: StoreCounters,
@@ -50,6 +56,23 @@ pub struct Applier {
     cache_limit: usize,
     /// Outbox changes and singletons to write with the next checkpoint.
     staged: Staged,
+}
+
+/// Contact histories and arm counts touched since the last checkpoint (all of them dirty).
+#[derive(Default)]
+struct OfferChanges {
+    contacts: HashMap<(String, String), ContactRecord>,
+    counts: HashMap<(String, String), OfferCounts>,
+    /// Customers whose stored contact records go with the next checkpoint (erased).
+    erased: Vec<String>,
+}
+
+#[derive(Default)]
+struct ErasureChanges {
+    counters: ErasureCounters,
+    tombstones: Vec<(String, Millis)>,
+    aliases_removed: Vec<String>,
+    dirty: bool,
 }
 
 #[derive(Default)]
@@ -64,6 +87,11 @@ impl Applier {
         let snapshot = store.reader()?;
         let counters = snapshot.counters()?;
         let aliases = snapshot.all_aliases()?.into_iter().collect();
+        let tombstones = snapshot.all_tombstones()?.into_iter().collect();
+        let erasure = ErasureChanges {
+            counters: snapshot.erasures()?,
+            ..ErasureChanges::default()
+        };
         Ok(Self {
             store,
             snapshot,
@@ -71,6 +99,9 @@ impl Applier {
             profiles: HashMap::new(),
             aliases,
             new_aliases: Vec::new(),
+            tombstones,
+            erasure,
+            offers: OfferChanges::default(),
             daily: HashMap::new(),
             dirty_days: HashSet::new(),
             counters,
@@ -92,6 +123,10 @@ impl Applier {
 
     pub fn counters(&self) -> &StoreCounters {
         &self.counters
+    }
+
+    pub fn erasures(&self) -> &ErasureCounters {
+        &self.erasure.counters
     }
 
     /// Records that have been applied (or rejected) since the last checkpoint.
@@ -187,6 +222,16 @@ impl Applier {
     /// Applies one event from partition `scope`.
     pub fn apply(&mut self, event: &Event, scope: u32) -> Result<ApplyOutcome> {
         self.uncommitted += 1;
+        if let EventBody::Erase(erase) = &event.body {
+            self.erase(&erase.customer_id, event.ts)?;
+            self.counters.applied += 1;
+            return Ok(ApplyOutcome::Applied);
+        }
+        if self.covered_by_tombstone(event) {
+            self.erasure.counters.events_dropped += 1;
+            self.erasure.dirty = true;
+            return Ok(ApplyOutcome::Erased);
+        }
         let canonical = self.resolve(event.profile_id());
         let ctx = self.ctx;
         let entry = self.load(&canonical, scope)?;
@@ -220,13 +265,111 @@ impl Applier {
                     "offer_declined" => today.offers_declined += 1,
                     _ => {}
                 }
+                if let Some(offer) = &i.offer_id {
+                    self.offer_feedback(&canonical, offer, i, event.ts)?;
+                }
             }
-            EventBody::Identify(_) | EventBody::Alias(_) => {}
+            EventBody::Identify(_) | EventBody::Alias(_) | EventBody::Erase(_) => {}
         }
         if let Some(merged) = event.merged_id() {
             self.fold_in(merged, &canonical)?;
         }
         Ok(outcome)
+    }
+
+    /// Records an `offer_*` interaction in the customer's contact history and its arm's counts.
+    fn offer_feedback(
+        &mut self,
+        customer: &str,
+        offer: &str,
+        interaction: &patron_core::event::Interaction,
+        ts: Millis,
+    ) -> Result<()> {
+        let kind = interaction.kind.as_str();
+        if !matches!(kind, "offer_shown" | "offer_accepted" | "offer_declined") {
+            return Ok(());
+        }
+        let key = (customer.to_owned(), offer.to_owned());
+        if !self.offers.contacts.contains_key(&key) {
+            let stored = self.snapshot.contact(customer, offer)?.unwrap_or_default();
+            self.offers.contacts.insert(key.clone(), stored);
+        }
+        let contact = self.offers.contacts.get_mut(&key).expect("inserted above");
+        let arm = (
+            offer.to_owned(),
+            decision_segment(interaction.decision_id.as_deref()).to_owned(),
+        );
+        if !self.offers.counts.contains_key(&arm) {
+            let stored = self
+                .snapshot
+                .offer_counts(&arm.0, &arm.1)?
+                .unwrap_or_default();
+            self.offers.counts.insert(arm.clone(), stored);
+        }
+        let counts = self.offers.counts.get_mut(&arm).expect("inserted above");
+        match kind {
+            "offer_shown" => {
+                contact.note_shown(ts);
+                counts.shown += 1;
+            }
+            "offer_accepted" => {
+                contact.note_accepted(ts);
+                counts.accepted += 1;
+            }
+            _ => {
+                contact.note_declined(ts);
+                counts.declined += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// True when an id this event touches was erased at or after the event's time.
+    fn covered_by_tombstone(&self, event: &Event) -> bool {
+        if self.tombstones.is_empty() {
+            return false;
+        }
+        std::iter::once(event.profile_id())
+            .chain(event.merged_id())
+            .any(|id| self.tombstones.get(id).is_some_and(|at| event.ts <= *at))
+    }
+
+    /// Erases the customer `id` resolves to, every id merged into it, and their state; leaves a
+    /// tombstone at `at` on each id. Daily revenue and orders keep the customer's share (they
+    /// are aggregates, not personal data); the day's new-customer count drops it.
+    fn erase(&mut self, id: &str, at: Millis) -> Result<()> {
+        let canonical = self.resolve(id);
+        let scope = self.profiles.get(&canonical).map_or(0, |p| p.scope);
+        let mut ids: Vec<String> = vec![id.to_owned(), canonical.clone()];
+        if let Some(state) = self.load(&canonical, scope)?.state.as_ref() {
+            ids.extend(state.aliases.iter().cloned());
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        for erased in &ids {
+            let entry = self.load(erased, scope)?;
+            if let Some(gone) = entry.state.take() {
+                entry.dirty = true;
+                // The customer count per first-purchase day follows the profiles; revenue and
+                // orders stay (aggregates, not personal data).
+                if let Some(first) = gone.first_purchase {
+                    self.day(day_index(first))?.new_customers -= 1;
+                }
+            }
+            if self.aliases.remove(erased).is_some() {
+                self.erasure.aliases_removed.push(erased.clone());
+            }
+            let at = self.tombstones.get(erased).map_or(at, |t| (*t).max(at));
+            self.tombstones.insert(erased.clone(), at);
+            self.erasure.tombstones.push((erased.clone(), at));
+        }
+        self.new_aliases.retain(|(from, _)| !ids.contains(from));
+        self.offers.contacts.retain(|(c, _), _| !ids.contains(c));
+        self.offers.erased.extend(ids.iter().cloned());
+        self.erasure.counters.customers += 1;
+        self.erasure.counters.ids += ids.len() as u64;
+        self.erasure.dirty = true;
+        Ok(())
     }
 
     /// Keeps `new_customers` per day right when a profile's first purchase appears or moves.
@@ -318,6 +461,14 @@ impl Applier {
         cp.dead_letters = staged.dead_letters;
         cp.dead_letters_delivered = staged.delivered;
         cp.meta = staged.meta;
+        cp.contacts = self.offers.contacts.drain().collect();
+        cp.offer_counts = self.offers.counts.drain().collect();
+        cp.contacts_removed_for = std::mem::take(&mut self.offers.erased);
+        if std::mem::take(&mut self.erasure.dirty) {
+            cp.tombstones = std::mem::take(&mut self.erasure.tombstones);
+            cp.aliases_removed = std::mem::take(&mut self.erasure.aliases_removed);
+            cp.erasures = Some(self.erasure.counters.clone());
+        }
         self.store.commit(&cp)?;
         self.snapshot = self.store.reader()?;
         self.profiles.retain(|_, p| p.state.is_some());

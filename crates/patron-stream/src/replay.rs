@@ -69,6 +69,8 @@ pub struct ReplaySummary {
     pub records: u64,
     pub applied: u64,
     pub duplicates: u64,
+    /// Events dropped because their customer was erased after them.
+    pub erased: u64,
     pub rejected: BTreeMap<String, u64>,
     pub customers: u64,
     pub profiles: u64,
@@ -213,6 +215,7 @@ pub fn replay(
                         Ok(event) => match applier.apply(&event, FILE_PARTITION)? {
                             ApplyOutcome::Applied => summary.applied += 1,
                             ApplyOutcome::Duplicate => summary.duplicates += 1,
+                            ApplyOutcome::Erased => summary.erased += 1,
                         },
                         Err(rejection) => {
                             applier.record_rejection(rejection.reason);

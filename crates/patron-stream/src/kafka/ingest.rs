@@ -79,6 +79,8 @@ pub struct IngestSummary {
     pub records: u64,
     pub applied: u64,
     pub duplicates: u64,
+    /// Events dropped because their customer was erased after them.
+    pub erased: u64,
     pub rejected: BTreeMap<String, u64>,
     pub elapsed: Duration,
     pub checkpoints: u64,
@@ -865,12 +867,13 @@ impl Writer {
     fn apply(&mut self, batch: DecodedBatch) -> Result<()> {
         let DecodedBatch { raw, decoded } = batch;
         let mut last: HashMap<u32, u64> = HashMap::new();
-        let (mut applied, mut duplicates) = (0u64, 0u64);
+        let (mut applied, mut duplicates, mut erased) = (0u64, 0u64, 0u64);
         for (record, result) in raw.records.iter().zip(decoded) {
             match result {
                 Ok(event) => match self.applier.apply(&event, record.partition)? {
                     ApplyOutcome::Applied => applied += 1,
                     ApplyOutcome::Duplicate => duplicates += 1,
+                    ApplyOutcome::Erased => erased += 1,
                 },
                 Err(rejection) => {
                     let code = rejection.reason.code();
@@ -901,6 +904,7 @@ impl Writer {
         self.summary.records += n;
         self.summary.applied += applied;
         self.summary.duplicates += duplicates;
+        self.summary.erased += erased;
         let m = &self.status.metrics;
         m.records.inc_by(n);
         m.applied.inc_by(applied);

@@ -103,3 +103,64 @@ impl EventProducer {
         self.sent
     }
 }
+
+/// Where one accepted event landed in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Landed {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The API's producer: each send resolves once the broker has acknowledged the record
+/// (`acks=all`), so a caller can report per-event results. Shared by request handlers.
+pub struct IntakeProducer {
+    producer: rdkafka::producer::FutureProducer,
+    topic: String,
+}
+
+impl IntakeProducer {
+    pub fn new(brokers: &str, topic: &str) -> Result<Self> {
+        let producer = client_config(brokers)
+            .set("linger.ms", "1")
+            .set("acks", "all")
+            .set("message.timeout.ms", "15000")
+            .create()
+            .map_err(|e| StreamError::Source(format!("kafka producer for {brokers}: {e}")))?;
+        Ok(Self {
+            producer,
+            topic: topic.to_owned(),
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Queues one record keyed by customer (or anonymous) id without waiting; await the
+    /// returned [`Pending`] for the broker's ack. Queue all of a batch first, then await them.
+    pub fn enqueue(&self, key: &[u8], payload: &[u8]) -> std::result::Result<Pending, String> {
+        let record = rdkafka::producer::FutureRecord::to(&self.topic)
+            .key(key)
+            .payload(payload);
+        self.producer
+            .send_result(record)
+            .map(Pending)
+            .map_err(|(e, _)| format!("produce to {}: {e}", self.topic))
+    }
+}
+
+/// A queued record waiting for the broker's acknowledgement.
+pub struct Pending(rdkafka::producer::DeliveryFuture);
+
+impl Pending {
+    pub async fn landed(self) -> std::result::Result<Landed, String> {
+        match self.0.await {
+            Ok(Ok(d)) => Ok(Landed {
+                partition: d.partition,
+                offset: d.offset,
+            }),
+            Ok(Err((e, _))) => Err(format!("not acknowledged: {e}")),
+            Err(_) => Err("the producer shut down before the broker answered".to_owned()),
+        }
+    }
+}

@@ -1,0 +1,718 @@
+//! HTTP load generator for the "GET profile vs /healthz" target (DESIGN.md, Targets), driven by
+//! `benches/api_latency.sh`.
+//!
+//! For each endpoint, in one run against one server and at one concurrency over keep-alive
+//! connections:
+//!   1. closed loop: every connection sends its next request as soon as the last one answered,
+//!      for `--seconds`; that gives the endpoint's maximum rate;
+//!   2. open loop: a constant arrival rate of `--open-load` (default 0.5) times that endpoint's
+//!      own maximum, for `--open-seconds`, with latencies taken from the scheduled send time
+//!      whenever a request had to wait for its connection (no coordinated omission).
+//!
+//! The profile requests pick their ids from `--ids` (one per line): `--hot-share` of them go to
+//! a hot set of `--hot-fraction` of the ids, the rest uniformly over all ids. `/healthz` gets the
+//! same requests with the same headers, so only the handler differs.
+//!
+//! It prints a table and one JSON line (prefixed `json: `), and appends the JSON to `--json`.
+//!
+//! The HTTP/1.1 client is a few lines over tokio's `TcpStream` rather than a client crate: the
+//! client shares two cores with the server, so it should cost as little as possible, and a
+//! client crate would change features of dependencies the whole workspace shares (a long
+//! rebuild on this machine). It speaks only what the server answers: `Content-Length` or
+//! chunked bodies, keep-alive, reconnect on `Connection: close` or an error.
+//!
+//!   cargo bench --workspace --bench http_load -- --url http://127.0.0.1:8080 --key KEY \
+//!       --ids ids.txt --connections 32 --threads 2
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Debug, Parser)]
+#[command(about = "GET /v1/customers/{id} vs /healthz: max rate and latency at half load")]
+struct Args {
+    /// Base URL of the server, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    url: String,
+    /// Bearer key with the reader role (sent to /healthz as well).
+    #[arg(long)]
+    key: Option<String>,
+    /// Customer ids, one per line.
+    #[arg(long)]
+    ids: PathBuf,
+    /// Keep-alive connections, each with one request in flight.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Client runtime threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Length of each closed-loop (max rate) phase.
+    #[arg(long, default_value_t = 15.0)]
+    seconds: f64,
+    /// Length of each open-loop (fixed rate) phase.
+    #[arg(long, default_value_t = 15.0)]
+    open_seconds: f64,
+    /// Unrecorded closed-loop warm-up before each endpoint's phases.
+    #[arg(long, default_value_t = 3.0)]
+    warmup: f64,
+    /// Open-loop rate as a share of the endpoint's own closed-loop maximum.
+    #[arg(long, default_value_t = 0.5)]
+    open_load: f64,
+    /// Share of the ids that are hot.
+    #[arg(long, default_value_t = 0.01)]
+    hot_fraction: f64,
+    /// Share of requests that go to the hot ids.
+    #[arg(long, default_value_t = 0.8)]
+    hot_share: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Append the JSON result line to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// Where requests go: a fixed path, or a customer id drawn per request.
+#[derive(Clone)]
+enum Target {
+    Fixed(&'static str),
+    Profile(Arc<IdPicker>),
+}
+
+struct IdPicker {
+    /// Shuffled; the first `hot` are the hot set.
+    ids: Vec<String>,
+    hot: usize,
+    hot_share: f64,
+}
+
+impl IdPicker {
+    fn pick(&self, rng: &mut SplitMix) -> &str {
+        let n = if rng.unit() < self.hot_share {
+            self.hot
+        } else {
+            self.ids.len()
+        };
+        &self.ids[(rng.next() % n as u64) as usize]
+    }
+}
+
+/// SplitMix64: enough randomness for picking ids, and no dependency.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Request heads are written into a reused buffer: `GET <path> HTTP/1.1` plus fixed headers.
+struct RequestWriter {
+    host: String,
+    auth: String,
+}
+
+impl RequestWriter {
+    fn write(&self, target: &Target, rng: &mut SplitMix, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(b"GET ");
+        match target {
+            Target::Fixed(path) => out.extend_from_slice(path.as_bytes()),
+            Target::Profile(ids) => {
+                out.extend_from_slice(b"/v1/customers/");
+                percent_encode(ids.pick(rng), out);
+            }
+        }
+        out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        out.extend_from_slice(self.host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(self.auth.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn percent_encode(s: &str, out: &mut Vec<u8>) {
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection with one request in flight.
+struct Conn {
+    addr: SocketAddr,
+    stream: Option<TcpStream>,
+    buf: Vec<u8>,
+    /// Bytes of `buf` read from the socket and not yet consumed.
+    len: usize,
+}
+
+impl Conn {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            stream: None,
+            buf: vec![0; 64 * 1024],
+            len: 0,
+        }
+    }
+
+    /// Sends `request` and reads the whole response; returns its status code.
+    async fn send(&mut self, request: &[u8]) -> io::Result<u16> {
+        let result = self.exchange(request).await;
+        if !matches!(result, Ok((_, true))) {
+            self.stream = None;
+            self.len = 0;
+        }
+        result.map(|(status, _)| status)
+    }
+
+    /// The status, and whether the connection may be reused.
+    async fn exchange(&mut self, request: &[u8]) -> io::Result<(u16, bool)> {
+        if self.stream.is_none() {
+            let s = TcpStream::connect(self.addr).await?;
+            s.set_nodelay(true)?;
+            self.stream = Some(s);
+            self.len = 0;
+        }
+        self.stream
+            .as_mut()
+            .expect("connected")
+            .write_all(request)
+            .await?;
+        let head_end = loop {
+            if let Some(i) = find(&self.buf[..self.len], b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.fill().await?;
+        };
+        let head = Head::parse(&self.buf[..head_end])?;
+        let mut pos = head_end;
+        if head.chunked {
+            loop {
+                let line_end = loop {
+                    if let Some(i) = find(&self.buf[pos..self.len], b"\r\n") {
+                        break pos + i;
+                    }
+                    self.fill().await?;
+                };
+                let size_text =
+                    std::str::from_utf8(&self.buf[pos..line_end]).map_err(|_| bad("chunk size"))?;
+                let size_text = size_text.split(';').next().unwrap_or("").trim();
+                let size = usize::from_str_radix(size_text, 16).map_err(|_| bad("chunk size"))?;
+                pos = line_end + 2;
+                // The chunk and its CRLF; the last (empty) chunk is followed by one CRLF, as
+                // the server sends no trailers.
+                self.need(pos + size + 2).await?;
+                pos += size + 2;
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            self.need(pos + head.content_length).await?;
+            pos += head.content_length;
+        }
+        self.buf.copy_within(pos..self.len, 0);
+        self.len -= pos;
+        Ok((head.status, head.keep_alive))
+    }
+
+    /// Reads until `buf` holds at least `n` bytes.
+    async fn need(&mut self, n: usize) -> io::Result<()> {
+        if n > self.buf.len() {
+            self.buf.resize(n.next_power_of_two(), 0);
+        }
+        while self.len < n {
+            self.fill().await?;
+        }
+        Ok(())
+    }
+
+    async fn fill(&mut self) -> io::Result<()> {
+        if self.len == self.buf.len() {
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        let stream = self.stream.as_mut().expect("connected");
+        let n = stream.read(&mut self.buf[self.len..]).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "server closed the connection",
+            ));
+        }
+        self.len += n;
+        Ok(())
+    }
+}
+
+struct Head {
+    status: u16,
+    content_length: usize,
+    chunked: bool,
+    keep_alive: bool,
+}
+
+impl Head {
+    fn parse(head: &[u8]) -> io::Result<Self> {
+        let text = std::str::from_utf8(head).map_err(|_| bad("response head"))?;
+        let mut lines = text.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("status line"))?;
+        let mut out = Self {
+            status,
+            content_length: 0,
+            chunked: false,
+            keep_alive: true,
+        };
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                out.content_length = value.parse().map_err(|_| bad("content-length"))?;
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                out.chunked = value.eq_ignore_ascii_case("chunked");
+            } else if name.eq_ignore_ascii_case("connection") {
+                out.keep_alive = !value.eq_ignore_ascii_case("close");
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn bad(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("bad HTTP {what}"))
+}
+
+fn histogram() -> Histogram<u64> {
+    // Nanoseconds, 1 µs to 60 s, 3 significant digits.
+    Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("histogram bounds")
+}
+
+/// What one connection saw in one phase.
+struct ConnResult {
+    latency: Histogram<u64>,
+    /// Open loop only: how late the client itself sent requests whose connection was idle
+    /// (the tokio timer ticks every millisecond).
+    send_lag: Histogram<u64>,
+    ok: u64,
+    errors: u64,
+    last_error: Option<String>,
+}
+
+/// How a phase paces its requests.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// As fast as the server answers.
+    Closed,
+    /// This many requests per second over all connections.
+    Open(f64),
+}
+
+struct Shared {
+    addr: SocketAddr,
+    writer: RequestWriter,
+}
+
+/// One phase as every connection sees it.
+#[derive(Clone)]
+struct PhaseSpec {
+    target: Target,
+    pace: Pace,
+    connections: usize,
+    start: Instant,
+    end: Instant,
+    seed: u64,
+}
+
+async fn run_connection(
+    shared: Arc<Shared>,
+    mut conn: Conn,
+    spec: PhaseSpec,
+    index: usize,
+) -> (Conn, ConnResult) {
+    let PhaseSpec {
+        target,
+        pace,
+        connections,
+        start,
+        end,
+        seed,
+    } = spec;
+    let mut rng = SplitMix(seed ^ (index as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
+    let mut request = Vec::with_capacity(256);
+    let mut r = ConnResult {
+        latency: histogram(),
+        send_lag: histogram(),
+        ok: 0,
+        errors: 0,
+        last_error: None,
+    };
+    // Open loop: this connection's slots are every `interval`, staggered across connections.
+    let interval = match pace {
+        Pace::Open(rate) => Duration::from_secs_f64(connections as f64 / rate),
+        Pace::Closed => Duration::ZERO,
+    };
+    let mut slot = start + interval.mul_f64(index as f64 / connections as f64);
+    loop {
+        let origin = match pace {
+            Pace::Closed => {
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                now
+            }
+            Pace::Open(_) => {
+                if slot >= end {
+                    break;
+                }
+                let now = Instant::now();
+                if now >= end + OPEN_LOOP_GRACE {
+                    // Far behind schedule: the server cannot take this rate; stop anyway.
+                    break;
+                }
+                let origin = if now < slot {
+                    // The connection was idle at its slot: measure from the actual send, so
+                    // the timer's lateness is not charged to the server.
+                    tokio::time::sleep_until(slot.into()).await;
+                    let sent = Instant::now();
+                    record(&mut r.send_lag, sent - slot);
+                    sent
+                } else {
+                    // Still busy with an earlier request at its slot: the wait counts.
+                    slot
+                };
+                slot += interval;
+                origin
+            }
+        };
+        request.clear();
+        shared.writer.write(&target, &mut rng, &mut request);
+        match conn.send(&request).await {
+            Ok(status) if (200..300).contains(&status) => {
+                r.ok += 1;
+                record(&mut r.latency, origin.elapsed());
+            }
+            Ok(status) => {
+                r.errors += 1;
+                r.last_error = Some(format!("HTTP {status}"));
+            }
+            Err(e) => {
+                r.errors += 1;
+                r.last_error = Some(e.to_string());
+                // Do not spin on a dead server.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    (conn, r)
+}
+
+/// How long an open-loop phase may overrun its schedule before it gives up.
+const OPEN_LOOP_GRACE: Duration = Duration::from_secs(5);
+
+fn record(h: &mut Histogram<u64>, d: Duration) {
+    h.saturating_record(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+}
+
+struct PhaseResult {
+    rate: f64,
+    latency: Histogram<u64>,
+    send_lag: Histogram<u64>,
+    ok: u64,
+    errors: u64,
+    last_error: Option<String>,
+}
+
+/// Runs one phase on all connections; the connections are kept for the next phase.
+async fn phase(
+    shared: &Arc<Shared>,
+    conns: &mut Vec<Conn>,
+    target: &Target,
+    pace: Pace,
+    seconds: f64,
+    seed: u64,
+) -> PhaseResult {
+    let n = conns.len();
+    let start = Instant::now() + Duration::from_millis(5);
+    let spec = PhaseSpec {
+        target: target.clone(),
+        pace,
+        connections: n,
+        start,
+        end: start + Duration::from_secs_f64(seconds),
+        seed,
+    };
+    let tasks: Vec<_> = conns
+        .drain(..)
+        .enumerate()
+        .map(|(i, c)| tokio::spawn(run_connection(shared.clone(), c, spec.clone(), i)))
+        .collect();
+    let mut out = PhaseResult {
+        rate: 0.0,
+        latency: histogram(),
+        send_lag: histogram(),
+        ok: 0,
+        errors: 0,
+        last_error: None,
+    };
+    for t in tasks {
+        let (conn, r) = t.await.expect("connection task");
+        conns.push(conn);
+        out.latency.add(&r.latency).expect("same bounds");
+        out.send_lag.add(&r.send_lag).expect("same bounds");
+        out.ok += r.ok;
+        out.errors += r.errors;
+        out.last_error = out.last_error.or(r.last_error);
+    }
+    out.rate = out.ok as f64 / start.elapsed().as_secs_f64();
+    out
+}
+
+struct EndpointResult {
+    name: &'static str,
+    closed: PhaseResult,
+    open: PhaseResult,
+    open_target: f64,
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1e6
+}
+
+fn phase_json(p: &PhaseResult) -> serde_json::Value {
+    serde_json::json!({
+        "requests_per_s": p.rate.round(),
+        "ok": p.ok,
+        "errors": p.errors,
+        "p50_ms": ms(&p.latency, 0.5),
+        "p99_ms": ms(&p.latency, 0.99),
+        "p999_ms": ms(&p.latency, 0.999),
+        "max_ms": p.latency.max() as f64 / 1e6,
+    })
+}
+
+fn main() {
+    let args = Args::parse();
+    let text = std::fs::read_to_string(&args.ids)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", args.ids.display()));
+    let mut ids: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    assert!(!ids.is_empty(), "{} holds no ids", args.ids.display());
+    let mut rng = SplitMix(args.seed);
+    for i in (1..ids.len()).rev() {
+        let j = (rng.next() % (i as u64 + 1)) as usize;
+        ids.swap(i, j);
+    }
+    let hot = ((ids.len() as f64 * args.hot_fraction).ceil() as usize).clamp(1, ids.len());
+    let picker = Arc::new(IdPicker {
+        ids,
+        hot,
+        hot_share: args.hot_share,
+    });
+
+    let host = args
+        .url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let addr: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(&host)
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or_else(|| panic!("cannot resolve `{host}` from --url {}", args.url));
+    let auth = args
+        .key
+        .as_ref()
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let shared = Arc::new(Shared {
+        addr,
+        writer: RequestWriter { host, auth },
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let endpoints = [
+        ("/healthz", Target::Fixed("/healthz")),
+        ("GET /v1/customers/{id}", Target::Profile(picker.clone())),
+    ];
+    let results: Vec<EndpointResult> = runtime.block_on(async {
+        let mut conns: Vec<Conn> = (0..args.connections)
+            .map(|_| Conn::new(shared.addr))
+            .collect();
+        let mut results = Vec::new();
+        for (name, target) in endpoints {
+            eprintln!("{name}: warm-up {:.0} s", args.warmup);
+            phase(
+                &shared,
+                &mut conns,
+                &target,
+                Pace::Closed,
+                args.warmup,
+                args.seed + 1,
+            )
+            .await;
+            eprintln!("{name}: closed loop {:.0} s", args.seconds);
+            let closed = phase(
+                &shared,
+                &mut conns,
+                &target,
+                Pace::Closed,
+                args.seconds,
+                args.seed + 2,
+            )
+            .await;
+            let open_target = closed.rate * args.open_load;
+            eprintln!(
+                "{name}: open loop at {open_target:.0} req/s for {:.0} s",
+                args.open_seconds
+            );
+            let open = if open_target >= 1.0 {
+                phase(
+                    &shared,
+                    &mut conns,
+                    &target,
+                    Pace::Open(open_target),
+                    args.open_seconds,
+                    args.seed + 3,
+                )
+                .await
+            } else {
+                panic!(
+                    "{name}: no successful request in the closed loop ({} errors, last: {:?})",
+                    closed.errors, closed.last_error
+                );
+            };
+            results.push(EndpointResult {
+                name,
+                closed,
+                open,
+                open_target,
+            });
+        }
+        results
+    });
+
+    println!(
+        "{} connections, {} client threads, ids: {} ({} hot, {:.0}% of requests to them)",
+        args.connections,
+        args.threads,
+        picker.ids.len(),
+        picker.hot,
+        args.hot_share * 100.0
+    );
+    println!(
+        "{:<24} {:<16} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "endpoint", "phase", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "errors"
+    );
+    for r in &results {
+        for (label, p) in [
+            ("closed loop".to_owned(), &r.closed),
+            (format!("open @{:.0} req/s", r.open_target), &r.open),
+        ] {
+            println!(
+                "{:<24} {:<16} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>7}",
+                r.name,
+                label,
+                p.rate,
+                ms(&p.latency, 0.5),
+                ms(&p.latency, 0.99),
+                ms(&p.latency, 0.999),
+                p.latency.max() as f64 / 1e6,
+                p.errors
+            );
+            if let Some(e) = &p.last_error {
+                println!("    last error: {e}");
+            }
+        }
+        println!(
+            "    open loop client send lag (timer, not charged): p50 {:.3} ms, p99 {:.3} ms",
+            ms(&r.open.send_lag, 0.5),
+            ms(&r.open.send_lag, 0.99)
+        );
+    }
+    let (health, profile) = (&results[0], &results[1]);
+    let ratio = profile.closed.rate / health.closed.rate;
+    let p99_half = ms(&profile.open.latency, 0.99);
+    println!(
+        "throughput ratio profile / healthz: {ratio:.3} (target >= 0.6: {})",
+        if ratio >= 0.6 { "met" } else { "missed" }
+    );
+    println!(
+        "profile p99 at {:.0}% of its max rate: {p99_half:.3} ms (target <= 1 ms: {})",
+        args.open_load * 100.0,
+        if p99_half <= 1.0 { "met" } else { "missed" }
+    );
+    let json = serde_json::json!({
+        "bench": "http_load",
+        "connections": args.connections,
+        "client_threads": args.threads,
+        "ids": picker.ids.len(),
+        "hot_ids": picker.hot,
+        "hot_share": args.hot_share,
+        "seconds": args.seconds,
+        "open_seconds": args.open_seconds,
+        "open_load": args.open_load,
+        "healthz": {
+            "closed": phase_json(&health.closed),
+            "open": phase_json(&health.open),
+            "open_target_per_s": health.open_target.round(),
+        },
+        "profile": {
+            "closed": phase_json(&profile.closed),
+            "open": phase_json(&profile.open),
+            "open_target_per_s": profile.open_target.round(),
+        },
+        "ratio_profile_healthz": ratio,
+        "profile_p99_half_load_ms": p99_half,
+    });
+    println!("json: {json}");
+    if let Some(path) = &args.json {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+        writeln!(f, "{json}").expect("write json");
+    }
+}

@@ -1,0 +1,167 @@
+//! Offer records: each customer's contact history per offer, and the learning counts per
+//! (offer, rfm segment). Both are written by the pipeline in its checkpoints; the catalog is
+//! written by the API in its own small transactions.
+
+use patron_core::time::Millis;
+use redb::{ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use crate::tables::{OFFER_CATALOG, OFFER_CONTACTS};
+use crate::{Result, Store, codec};
+
+/// Impressions kept per (customer, offer): enough for any sane `max_impressions`.
+pub const MAX_REMEMBERED_IMPRESSIONS: usize = 64;
+
+/// One customer's history with one offer, from `offer_*` interactions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactRecord {
+    /// Times the offer was shown, oldest first; at most [`MAX_REMEMBERED_IMPRESSIONS`].
+    pub shown: Vec<Millis>,
+    pub last_declined: Option<Millis>,
+    pub last_accepted: Option<Millis>,
+}
+
+impl ContactRecord {
+    pub fn note_shown(&mut self, ts: Millis) {
+        let at = self.shown.partition_point(|t| *t <= ts);
+        self.shown.insert(at, ts);
+        if self.shown.len() > MAX_REMEMBERED_IMPRESSIONS {
+            self.shown.remove(0);
+        }
+    }
+
+    pub fn note_declined(&mut self, ts: Millis) {
+        self.last_declined = Some(self.last_declined.map_or(ts, |t| t.max(ts)));
+    }
+
+    pub fn note_accepted(&mut self, ts: Millis) {
+        self.last_accepted = Some(self.last_accepted.map_or(ts, |t| t.max(ts)));
+    }
+
+    /// Impressions in the window `(now - window, now]`.
+    pub fn shown_within(&self, now: Millis, window_ms: i64) -> usize {
+        let from = now.saturating_sub(window_ms);
+        self.shown
+            .iter()
+            .filter(|t| **t > from && **t <= now)
+            .count()
+    }
+}
+
+/// The feedback counts of one (offer, segment) arm.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferCounts {
+    pub shown: u64,
+    pub accepted: u64,
+    pub declined: u64,
+}
+
+impl Store {
+    /// Every offer in the stored catalog, as (id, JSON), in id order.
+    pub fn offer_catalog(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OFFER_CATALOG)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            out.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Adds or replaces catalog entries, and removes `remove`, in one transaction.
+    pub fn write_offers(&self, upsert: &[(String, Vec<u8>)], remove: &[String]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(OFFER_CATALOG)?;
+            for (id, json) in upsert {
+                table.insert(id.as_str(), json.as_slice())?;
+            }
+            for id in remove {
+                table.remove(id.as_str())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+impl crate::StoreReader {
+    /// The contact history of `customer` with `offer`.
+    pub fn contact(&self, customer: &str, offer: &str) -> Result<Option<ContactRecord>> {
+        let table = self.txn.open_table(OFFER_CONTACTS)?;
+        match table.get((customer, offer))? {
+            Some(v) => Ok(Some(codec::decode(
+                "offer_contacts",
+                &format!("{customer}/{offer}"),
+                v.value(),
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every contact record of `customer`, by offer id.
+    pub fn contacts_of(&self, customer: &str) -> Result<Vec<(String, ContactRecord)>> {
+        let table = self.txn.open_table(OFFER_CONTACTS)?;
+        let mut out = Vec::new();
+        for entry in table.range((customer, "")..)? {
+            let (k, v) = entry?;
+            let (c, offer) = k.value();
+            if c != customer {
+                break;
+            }
+            out.push((
+                offer.to_owned(),
+                codec::decode("offer_contacts", &format!("{c}/{offer}"), v.value())?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The counts of one (offer, segment) arm.
+    pub fn offer_counts(&self, offer: &str, segment: &str) -> Result<Option<OfferCounts>> {
+        let table = self.txn.open_table(crate::tables::OFFER_STATS)?;
+        match table.get((offer, segment))? {
+            Some(v) => Ok(Some(codec::decode(
+                "offer_stats",
+                &format!("{offer}/{segment}"),
+                v.value(),
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every arm's counts: (offer id, segment, counts), in key order.
+    pub fn all_offer_counts(&self) -> Result<Vec<(String, String, OfferCounts)>> {
+        let table = self.txn.open_table(crate::tables::OFFER_STATS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            let (offer, segment) = k.value();
+            out.push((
+                offer.to_owned(),
+                segment.to_owned(),
+                codec::decode("offer_stats", &format!("{offer}/{segment}"), v.value())?,
+            ));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn impressions_stay_ordered_and_bounded() {
+        let mut c = ContactRecord::default();
+        for ts in (0..100).rev() {
+            c.note_shown(ts * 10);
+        }
+        assert_eq!(c.shown.len(), MAX_REMEMBERED_IMPRESSIONS);
+        assert!(c.shown.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(*c.shown.last().unwrap(), 990);
+        // (990 - 50, 990] holds 950..=990: five impressions.
+        assert_eq!(c.shown_within(990, 50), 5);
+    }
+}
