@@ -12,6 +12,7 @@
 #   benches/api_latency.sh                        # 1M customers, 32 connections, 2 client threads
 #   CUSTOMERS=100000 SECONDS_PER_PHASE=5 benches/api_latency.sh   # quick
 #   SKIP_BUILD=1 benches/api_latency.sh           # use the binaries already built
+#   (PATRON_BIN, LOAD_BIN: run these executables instead)
 #
 # Client and server share the machine's cores; the result says how many there were.
 set -euo pipefail
@@ -34,7 +35,7 @@ rm -rf "$WORK" && mkdir -p "$WORK"
 
 . benches/common.sh
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release --workspace --benches >&2
-LOAD=$(bench_exe http_load)
+LOAD=${LOAD_BIN:-$(bench_exe http_load)}
 
 if [ ! -f "$STORE" ]; then
     echo "building $STORE: $CUSTOMERS customers over $DAYS days" >&2

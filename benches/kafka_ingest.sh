@@ -7,13 +7,14 @@
 #
 #   EVENTS_CUSTOMERS=145000 benches/kafka_ingest.sh     # about 2M events
 #
-# Builds what it needs (release, workspace-wide; SKIP_BUILD=1 uses what is built). Needs `tansu`
+# Builds what it needs (release, workspace-wide; SKIP_BUILD=1 uses what is built; PATRON_BIN and
+# DRAIN_BIN name other executables). Needs `tansu`
 # (see .ci/run), curl and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release --workspace --benches >&2
-DRAIN=$(bench_exe kafka_drain)
+DRAIN=${DRAIN_BIN:-$(bench_exe kafka_drain)}
 CUSTOMERS=${EVENTS_CUSTOMERS:-145000}
 PORT=${PORT:-19092}
 WORK=${WORK:-/tmp/patron-kafka-bench}

@@ -27,6 +27,9 @@ const THREADS: usize = 4;
 const ARMS: [(&str, f64); 3] = [("arm-02", 0.02), ("arm-05", 0.05), ("arm-10", 0.10)];
 
 const OFFERS: &str = r#"
+[kpi]
+refresh_interval = "1s"
+
 [offers]
 exploration = "thompson"
 seed = 7
@@ -222,6 +225,11 @@ fn simulated_market() {
     // Banner impressions and declines per customer, from what serve chose to return.
     let mut banner_shown: HashMap<usize, u32> = HashMap::new();
     let mut banner_declined: HashMap<usize, bool> = HashMap::new();
+    // What the simulator sent, per offer: (shown, accepted, declined).
+    let mut sent: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    // Who saw which arm, and who bought (an acceptance leads to a purchase).
+    let mut saw: std::collections::HashSet<(usize, String)> = Default::default();
+    let mut bought: HashMap<usize, usize> = HashMap::new();
 
     for round in 1..=ROUNDS {
         let mut events = Vec::new();
@@ -257,9 +265,21 @@ fn simulated_market() {
             event_no += 1;
             events.push(feedback("offer_shown", i, top, decision, event_no));
             event_no += 1;
+            let counts = sent.entry(top.clone()).or_default();
+            counts.0 += 1;
+            saw.insert((i, top.clone()));
             let kind = if dice.roll() < rate(top) {
+                counts.1 += 1;
+                *bought.entry(i).or_default() += 1;
+                events.push(
+                    json!({"type": "purchase", "event_id": format!("mk-buy-{event_no}"),
+                        "ts": chrono::Utc::now().to_rfc3339(), "customer_id": customer(i),
+                        "amount": 10})
+                    .to_string(),
+                );
                 "offer_accepted"
             } else {
+                counts.2 += 1;
                 "offer_declined"
             };
             events.push(feedback(kind, i, top, decision, event_no));
@@ -284,7 +304,9 @@ fn simulated_market() {
             let decision = d["decision_id"].as_str().expect("decision_id");
             event_no += 1;
             events.push(feedback("offer_shown", i, "banner", decision, event_no));
+            sent.entry("banner".into()).or_default().0 += 1;
             if dice.roll() < 0.5 {
+                sent.entry("banner".into()).or_default().2 += 1;
                 event_no += 1;
                 events.push(feedback("offer_declined", i, "banner", decision, event_no));
                 banner_declined.insert(i, true);
@@ -309,6 +331,36 @@ fn simulated_market() {
             "{arm}: holdout share {share}"
         );
     }
+    // Uplift: treated (shown the arm, outside its holdout) minus control (inside it), pooled
+    // over the arms; converted = bought in the last 30 days, which only acceptances did.
+    let (mut treated, mut control) = ((0u64, 0u64), (0u64, 0u64));
+    for (arm, _) in ARMS {
+        for &i in &everyone {
+            let group = if held[&(i, arm.to_owned())] {
+                &mut control
+            } else if saw.contains(&(i, arm.to_owned())) {
+                &mut treated
+            } else {
+                continue;
+            };
+            group.0 += 1;
+            group.1 += u64::from(bought.contains_key(&i));
+        }
+    }
+    let expected = treated.1 as f64 / treated.0 as f64 - control.1 as f64 / control.0 as f64;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, kpis) = serve.send("GET", "/v1/kpis", None);
+        match kpis["offer_uplift"].as_f64() {
+            Some(u) if (u - expected).abs() < 1e-9 => break,
+            got => assert!(
+                std::time::Instant::now() < deadline,
+                "offer_uplift {got:?}, expected {expected}"
+            ),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+
     // Caps were reached (so the cap check above meant something), and cooldowns were used.
     assert!(banner_shown.values().any(|n| *n == 2));
     assert!(banner_declined.values().any(|d| *d));
@@ -318,12 +370,12 @@ fn simulated_market() {
     let mut vip_offered = 0;
     for (i, d) in decide_all(&serve, &sample, "email") {
         let has = ids(&d["offers"]).iter().any(|o| o == "vip");
+        let frequency = purchases(i) + bought.get(&i).copied().unwrap_or(0);
         if has {
             vip_offered += 1;
             assert!(
-                purchases(i) >= 3,
-                "vip offered to {i} with {} purchases",
-                purchases(i)
+                frequency >= 3,
+                "vip offered to {i} with {frequency} purchases"
             );
         }
     }
@@ -362,4 +414,22 @@ fn simulated_market() {
         eligible.len()
     );
     serve.terminate();
+
+    // The learning counts in SQL equal what the simulator sent.
+    let rows = common::parse_csv(&query_csv(
+        &setup.store,
+        "SELECT offer_id, sum(shown) AS shown, sum(accepted) AS accepted, \
+         sum(declined) AS declined FROM offer_stats GROUP BY offer_id ORDER BY offer_id",
+    ));
+    let stored: BTreeMap<String, (u64, u64, u64)> = rows
+        .iter()
+        .map(|r| {
+            let n = |k: &str| r[k].parse::<u64>().expect("a count");
+            (
+                r["offer_id"].clone(),
+                (n("shown"), n("accepted"), n("declined")),
+            )
+        })
+        .collect();
+    assert_eq!(stored, sent);
 }

@@ -18,7 +18,8 @@
 //!   model). `avg_clv`, `total_clv`: mean and sum of `clv` (null without a model).
 //! - `conversion_rate`: customers / (customers + prospects).
 //! - `offer_acceptance_rate_30d`: offers accepted / offers shown over the 30-day window.
-//! - `offer_uplift`: null until offer holdout outcomes are recorded.
+//! - `offer_uplift`: treated minus holdout conversion (see `snapshot::offer_uplift`); null until
+//!   both groups have members.
 //! - A rate whose denominator is empty is null.
 //!
 //! Exactness: all of the above are exact for the stored state. Identity merges rewrite history
@@ -204,6 +205,7 @@ pub fn compute(snapshot: &Snapshot, opts: &KpiOptions) -> KpiSet {
             .map(|n| (n.clone(), 0))
             .chain([(PROSPECT.to_owned(), 0)])
             .collect(),
+        offer_uplift: snapshot.offer_uplift,
         ..KpiSet::default()
     };
     let (mut repeat, mut scored, mut churning) = (0u64, 0u64, 0u64);

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Date32Builder, Float64Builder, Int64Builder,
-    ListBuilder, RecordBatch, StringBuilder, UInt8Builder,
+    Array, ArrayRef, AsArray, BooleanArray, Date32Builder, Float64Builder, Int64Array,
+    Int64Builder, ListBuilder, RecordBatch, StringArray, StringBuilder, UInt8Builder,
 };
 use datafusion::arrow::datatypes::{
     DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimestampMillisecondType,
@@ -57,6 +57,9 @@ pub struct Snapshot {
     pub segments: RecordBatch,
     pub kpi_daily: RecordBatch,
     pub offer_stats: RecordBatch,
+    /// Conversion of treated minus holdout customers, over the catalog's offers with a holdout
+    /// (`None` until both groups have members).
+    pub offer_uplift: Option<f64>,
     /// The daily totals, by day index (the exact money behind `kpi_daily`).
     pub daily: Vec<(i32, DailyTotals)>,
     /// Aggregates of the stored states for the KPIs (activity bitmaps, exact gross).
@@ -100,7 +103,11 @@ impl Snapshot {
         });
         let (base, population) = scan(&reader, opts.batch_rows)?;
         let daily = reader.daily_all()?;
+        let arms = reader.all_offer_counts()?;
+        let shown: std::collections::HashSet<(String, String)> =
+            reader.shown_pairs()?.into_iter().collect();
         drop(reader);
+        let catalog = store.offer_catalog()?;
 
         let dist = distribution(&base);
         let mut customers = Vec::with_capacity(base.len());
@@ -109,12 +116,14 @@ impl Snapshot {
         }
         let customers = add_user_segments(customers, &opts.segments)?;
         let segments = segments_table(&customers, &opts.rfm_map, &opts.segments)?;
+        let offer_uplift = offer_uplift(&customers, &catalog, &shown, as_of)?;
         Ok(Self {
+            offer_uplift,
             as_of,
             customers,
             segments,
             kpi_daily: kpi_daily_table(&daily)?,
-            offer_stats: offer_stats_table()?,
+            offer_stats: offer_stats_table(&arms)?,
             daily,
             population,
         })
@@ -535,7 +544,8 @@ impl Columns {
     }
 }
 
-fn offer_stats_table() -> Result<RecordBatch> {
+/// One row per learning arm: (offer, the segment its decisions were made in).
+fn offer_stats_table(arms: &[(String, String, patron_store::OfferCounts)]) -> Result<RecordBatch> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("offer_id", DataType::Utf8, false),
         Field::new("rfm_segment", DataType::Utf8, false),
@@ -543,5 +553,89 @@ fn offer_stats_table() -> Result<RecordBatch> {
         Field::new("accepted", DataType::Int64, false),
         Field::new("declined", DataType::Int64, false),
     ]));
-    Ok(RecordBatch::new_empty(schema))
+    let count = |f: fn(&patron_store::OfferCounts) -> u64| {
+        Arc::new(Int64Array::from_iter_values(
+            arms.iter()
+                .map(|(_, _, c)| i64::try_from(f(c)).unwrap_or(i64::MAX)),
+        )) as ArrayRef
+    };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            arms.iter().map(|a| a.0.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            arms.iter().map(|a| a.1.as_str()),
+        )),
+        count(|c| c.shown),
+        count(|c| c.accepted),
+        count(|c| c.declined),
+    ];
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+/// `offer_uplift`: for every offer with a holdout, the customers its predicate admits now are
+/// split by the holdout hash. Treated are those outside the holdout who were shown the offer;
+/// control are those inside it. Conversion is a purchase in the 30 days before as_of; the
+/// groups are pooled over offers, and the answer is treated minus control.
+fn offer_uplift(
+    customers: &[RecordBatch],
+    catalog: &[(String, Vec<u8>)],
+    shown: &std::collections::HashSet<(String, String)>,
+    as_of: Option<Millis>,
+) -> Result<Option<f64>> {
+    let Some(as_of) = as_of else {
+        return Ok(None);
+    };
+    let since = as_of - 30 * MILLIS_PER_DAY;
+    let (mut treated, mut control) = ((0u64, 0u64), (0u64, 0u64));
+    for (id, json) in catalog {
+        let Ok(offer) = serde_json::from_slice::<serde_json::Value>(json) else {
+            continue;
+        };
+        let holdout = offer["holdout"].as_f64().unwrap_or(0.0);
+        if holdout <= 0.0 {
+            continue;
+        }
+        let eligible = offer["eligible"].as_str().unwrap_or("true");
+        let Some(first) = customers.first() else {
+            return Ok(None);
+        };
+        let Ok(predicate) = CompiledPredicate::compile(eligible, &first.schema()) else {
+            continue;
+        };
+        for b in customers {
+            let Ok(mask) = predicate.evaluate(b) else {
+                continue;
+            };
+            let ids = b
+                .column_by_name("customer_id")
+                .expect("customer_id")
+                .as_string::<i32>();
+            let last = b
+                .column_by_name("last_purchase")
+                .expect("last_purchase")
+                .as_primitive::<TimestampMillisecondType>();
+            for i in 0..b.num_rows() {
+                if !(mask.is_valid(i) && mask.value(i)) {
+                    continue;
+                }
+                let customer = ids.value(i);
+                let converted = u64::from(last.is_valid(i) && last.value(i) > since);
+                let group = if patron_core::offer::in_holdout(customer, id, holdout) {
+                    &mut control
+                } else if shown.contains(&(customer.to_owned(), id.clone())) {
+                    &mut treated
+                } else {
+                    continue;
+                };
+                group.0 += 1;
+                group.1 += converted;
+            }
+        }
+    }
+    if treated.0 == 0 || control.0 == 0 {
+        return Ok(None);
+    }
+    let rate = |(n, c): (u64, u64)| c as f64 / n as f64;
+    Ok(Some(rate(treated) - rate(control)))
 }

@@ -118,6 +118,22 @@ impl crate::StoreReader {
         Ok(out)
     }
 
+    /// Every (customer, offer) pair with at least one recorded impression.
+    pub fn shown_pairs(&self) -> Result<Vec<(String, String)>> {
+        let table = self.txn.open_table(OFFER_CONTACTS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            let (customer, offer) = k.value();
+            let record: ContactRecord =
+                codec::decode("offer_contacts", &format!("{customer}/{offer}"), v.value())?;
+            if !record.shown.is_empty() {
+                out.push((customer.to_owned(), offer.to_owned()));
+            }
+        }
+        Ok(out)
+    }
+
     /// The counts of one (offer, segment) arm.
     pub fn offer_counts(&self, offer: &str, segment: &str) -> Result<Option<OfferCounts>> {
         let table = self.txn.open_table(crate::tables::OFFER_STATS)?;
