@@ -209,3 +209,32 @@ fn csv_export_of_a_shop_is_mapped_by_flags() {
     assert_eq!(rows[0]["recency_days"], "1.0");
     assert_eq!(micros(&rows[1]["monetary"]), 5_000_000);
 }
+
+/// `keys new` prints a fresh key and a config entry whose hash is the key's SHA-256 (checked
+/// with coreutils' sha256sum), and refuses an unknown role.
+#[test]
+fn keys_new_prints_a_key_and_its_hash_entry() {
+    let out = run_ok(&["keys", "new", "--role", "marketing", "--name", "crm"]);
+    let mut lines = out.lines();
+    let key = lines.next().expect("the key").to_owned();
+    assert!(key.starts_with("pk_marketing_") && key.len() > 40, "{out}");
+    let entry: String = lines.collect::<Vec<_>>().join("\n");
+    assert!(
+        entry.contains("[[api.keys]]\nname = \"crm\"\nrole = \"marketing\""),
+        "{out}"
+    );
+    let mut sum = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha256sum runs");
+    std::io::Write::write_all(sum.stdin.as_mut().unwrap(), key.as_bytes()).unwrap();
+    let digest = String::from_utf8(sum.wait_with_output().unwrap().stdout).unwrap();
+    let digest = digest.split_whitespace().next().unwrap();
+    assert!(entry.contains(&format!("sha256 = \"{digest}\"")), "{out}");
+    // A second key is different.
+    let again = run_ok(&["keys", "new", "--role", "marketing"]);
+    assert_ne!(again.lines().next(), Some(key.as_str()));
+    let bad = run(&["keys", "new", "--role", "owner"]);
+    assert_eq!(bad.status.code(), Some(2));
+}

@@ -1163,3 +1163,22 @@ async fn offers_rank_eligible_offers_and_explain_the_rest() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// `[api] request_timeout`: a request that is still waiting when it runs out gets 503 `timeout`
+/// in the error shape. (A zero limit: the profile route waits for the view on a blocking thread.)
+#[tokio::test]
+async fn a_request_over_the_time_limit_is_503() {
+    let mut cfg = config();
+    cfg.api.request_timeout = std::time::Duration::ZERO;
+    let f = fixture_with(cfg, &events(), QueryLimits::default());
+    let (status, body) = call(
+        &f.app,
+        Method::GET,
+        "/v1/customers/alice",
+        Some(READER),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_error(&body, "timeout");
+}
