@@ -67,6 +67,7 @@ TOML
     > "$WORK/serve.out" 2> "$WORK/serve.err" &
 SERVE_PID=$!
 trap 'kill $SERVE_PID 2>/dev/null || true' EXIT
+trap 'exit 143' INT TERM
 URL="http://127.0.0.1:$PORT"
 for _ in $(seq 600); do
     curl -sf "$URL/readyz" > /dev/null 2>&1 && break

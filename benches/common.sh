@@ -1,17 +1,23 @@
 # Shared by the benchmark scripts; sourced, not run.
 
-# bench_exe NAME: the path of the release executable of the bench target NAME, built first if
-# needed. Built workspace-wide (`-p` would re-unify features and rebuild half the tree). With
-# SKIP_BUILD set, the newest one already built.
+# bench_exe NAME [PACKAGE]: the path of the release executable of the bench target NAME (of
+# PACKAGE, default the root package `patron`), built first if needed. Built workspace-wide (`-p`
+# would re-unify features and rebuild half the tree). With SKIP_BUILD set, the newest one
+# already built.
 bench_exe() {
-    local name=$1 target=${CARGO_TARGET_DIR:-target} exe
+    local name=$1 package=${2:-patron} target=${CARGO_TARGET_DIR:-target} exe
     if [ -z "${SKIP_BUILD:-}" ]; then
         exe=$(cargo bench --workspace --bench "$name" --no-run --message-format=json 2> /dev/null \
             | python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"):
-        print(m["executable"])' "$name")
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+        continue
+    # "path+file:///dir/NAME#VERSION" or "path+file:///dir#NAME@VERSION"
+    path, _, tail = m["package_id"].partition("#")
+    package = tail.split("@")[0] if "@" in tail else path.rstrip("/").rsplit("/", 1)[-1]
+    if m["target"]["name"] == sys.argv[1] and package == sys.argv[2]:
+        print(m["executable"])' "$name" "$package")
     else
         exe=$(ls -t "$target"/release/deps/"$name"-* 2> /dev/null | grep -v '\.d$' | head -1)
     fi

@@ -8,13 +8,12 @@
 #   EVENTS_CUSTOMERS=145000 benches/kafka_ingest.sh     # about 2M events
 #
 # Builds what it needs (release, workspace-wide; SKIP_BUILD=1 uses what is built; PATRON_BIN and
-# DRAIN_BIN name other executables). Needs `tansu`
-# (see .ci/run), curl and python3.
+# DRAIN_BIN name other executables). Needs `tansu` (see .ci/run), curl and python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release --workspace --benches >&2
-DRAIN=${DRAIN_BIN:-$(bench_exe kafka_drain)}
+DRAIN=${DRAIN_BIN:-$(bench_exe kafka_drain patron-stream)}
 CUSTOMERS=${EVENTS_CUSTOMERS:-145000}
 PORT=${PORT:-19092}
 WORK=${WORK:-/tmp/patron-kafka-bench}
@@ -30,6 +29,7 @@ rm -rf "$WORK" && mkdir -p "$WORK"
     --advertised-listener-url "tcp://$BROKER" > "$WORK/tansu.log" 2>&1 &
 TANSU_PID=$!
 trap 'kill $TANSU_PID 2>/dev/null || true; [ -n "${SERVE_PID:-}" ] && kill $SERVE_PID 2>/dev/null || true' EXIT
+trap 'exit 143' INT TERM
 for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
 "$TANSU" topic create "$TOPIC" --partitions 4 --broker "tcp://$BROKER" > /dev/null
 "$TANSU" topic create "$DLQ" --partitions 1 --broker "tcp://$BROKER" > /dev/null
@@ -43,6 +43,7 @@ cat "$WORK/generate.log" >&2
 "$DRAIN" "$BROKER" "$TOPIC" | tee "$WORK/drain.out"
 RECORDS=$(awk '/^drained/ {print $2}' "$WORK/drain.out")
 BARE_SECS=$(awk '/^drained/ {print $7}' "$WORK/drain.out")
+[ -n "$RECORDS" ] || { echo "the drain printed no \`drained\` line" >&2; exit 1; }
 
 cat > "$WORK/patron.toml" <<TOML
 [store]
@@ -72,7 +73,10 @@ for _ in $(seq 200); do
     [ -n "$URL" ] && break
     sleep 0.05
 done
+[ -n "$URL" ] || { echo "serve printed no HTTP address" >&2; cat "$WORK/serve.err" >&2; exit 1; }
+DEADLINE=$(( $(date +%s) + ${SERVE_TIMEOUT:-900} ))
 while :; do
+    [ "$(date +%s)" -lt "$DEADLINE" ] || { echo "serve did not reach lag 0 in time" >&2; exit 1; }
     COMMITTED=$(curl -s "$URL/v1/status" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(sum(p["committed_offset"] for p in d["partitions"]))' 2>/dev/null || echo 0)
     [ "$COMMITTED" -ge "$RECORDS" ] && break
     sleep 0.1

@@ -29,6 +29,13 @@ pub(crate) fn load(file: Option<&Path>) -> Result<PatronConfig, String> {
     })?;
     patron_query::kpi::validate_objectives(&config.objectives)
         .map_err(|e| format!("invalid config: [[objectives]] {e}"))?;
+    let window = config.offers.response_window();
+    if window.as_secs() > patron_store::offers::MAX_RESPONSE_HOURS as u64 * 3600 {
+        return Err(format!(
+            "invalid config: [offers] response_window = {} is over the 31 days it can be",
+            humantime::format_duration(window)
+        ));
+    }
     Ok(config)
 }
 

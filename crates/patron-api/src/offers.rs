@@ -446,6 +446,8 @@ pub async fn decide(
         .collect();
     let exploration = state.config.offers.exploration();
     let boost_share = state.config.offers.affinity_boost();
+    let response_window_ms =
+        i64::try_from(state.config.offers.response_window().as_millis()).unwrap_or(i64::MAX);
     let n = state.offers.decisions.fetch_add(1, Ordering::Relaxed);
     let mut rng = match state.config.offers.seed() {
         Some(seed) => {
@@ -531,7 +533,11 @@ pub async fn decide(
             .offer_counts(&o.id, &segment)
             .map_err(ApiError::internal)?
             .unwrap_or_default();
-        let posterior = Posterior::from_counts(counts.shown, counts.accepted, counts.declined);
+        let posterior = Posterior::from_counts(
+            counts.matured(now, response_window_ms),
+            counts.accepted,
+            counts.declined,
+        );
         let p_accept = match exploration {
             Exploration::Greedy => posterior.mean(),
             Exploration::Thompson => Beta::new(posterior.alpha, posterior.beta)

@@ -312,6 +312,13 @@ impl OffersSection {
         }
     }
 
+    pub fn response_window(&self) -> Duration {
+        match self {
+            OffersSection::Catalog(_) => OffersTable::default().response_window,
+            OffersSection::Table(t) => t.response_window,
+        }
+    }
+
     pub fn affinity_boost(&self) -> f64 {
         match self {
             OffersSection::Catalog(_) => OffersTable::default().affinity_boost,
@@ -336,6 +343,9 @@ pub struct OffersTable {
     /// Added to an offer's score when its category is among the customer's top categories,
     /// as a share of the offer's value.
     pub affinity_boost: f64,
+    /// An impression with no answer after this long counts as a decline (at most 31 days).
+    #[serde(with = "humantime_serde")]
+    pub response_window: Duration,
     pub catalog: Vec<OfferConfig>,
 }
 
@@ -345,6 +355,7 @@ impl Default for OffersTable {
             exploration: Exploration::default(),
             seed: None,
             affinity_boost: 0.1,
+            response_window: Duration::from_secs(86_400),
             catalog: Vec::new(),
         }
     }

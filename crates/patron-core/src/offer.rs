@@ -39,7 +39,8 @@ pub fn in_holdout(customer_id: &str, offer_id: &str, share: f64) -> bool {
 }
 
 /// The Beta(α, β) posterior of an arm's acceptance probability from a uniform prior: successes
-/// are acceptances; failures are declines and impressions that got no acceptance.
+/// are acceptances; failures are declines, and impressions whose response window has passed
+/// without an answer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Posterior {
     pub alpha: f64,
@@ -47,12 +48,13 @@ pub struct Posterior {
 }
 
 impl Posterior {
-    pub fn from_counts(shown: u64, accepted: u64, declined: u64) -> Self {
-        // An acceptance or decline may arrive without its impression: count it as one.
-        let trials = shown.max(accepted + declined);
+    /// `matured`: impressions old enough that their answer is due. Answered impressions are
+    /// trials whatever their age; matured ones beyond the answers are silent declines.
+    pub fn from_counts(matured: u64, accepted: u64, declined: u64) -> Self {
+        let silent = matured.saturating_sub(accepted + declined);
         Self {
             alpha: 1.0 + accepted as f64,
-            beta: 1.0 + (trials - accepted) as f64,
+            beta: 1.0 + (declined + silent) as f64,
         }
     }
 
@@ -99,7 +101,7 @@ mod tests {
         let p = Posterior::from_counts(10, 3, 2);
         assert_eq!((p.alpha, p.beta), (4.0, 8.0));
         assert!((p.mean() - 1.0 / 3.0).abs() < 1e-12);
-        // Feedback without impressions still counts as trials.
+        // Answers count even before their impressions mature; young silence does not.
         let q = Posterior::from_counts(0, 1, 1);
         assert_eq!((q.alpha, q.beta), (2.0, 2.0));
     }

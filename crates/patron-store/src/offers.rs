@@ -49,11 +49,47 @@ impl ContactRecord {
 }
 
 /// The feedback counts of one (offer, segment) arm.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OfferCounts {
     pub shown: u64,
     pub accepted: u64,
     pub declined: u64,
+    /// Impressions per hour of event time (hours since the epoch, ascending) over the last
+    /// [`MAX_RESPONSE_HOURS`], so a decision can tell impressions still awaiting an answer from
+    /// those whose silence counts as a decline.
+    pub recent: Vec<(i64, u64)>,
+}
+
+/// The longest `[offers] response_window` the per-hour impression counts can serve (31 days).
+pub const MAX_RESPONSE_HOURS: i64 = 31 * 24;
+
+const HOUR_MS: i64 = 3_600_000;
+
+impl OfferCounts {
+    pub fn note_shown(&mut self, ts: Millis) {
+        self.shown += 1;
+        let hour = ts.div_euclid(HOUR_MS);
+        let at = self.recent.partition_point(|(h, _)| *h < hour);
+        match self.recent.get_mut(at) {
+            Some((h, n)) if *h == hour => *n += 1,
+            _ => self.recent.insert(at, (hour, 1)),
+        }
+        let newest = self.recent.last().map_or(hour, |(h, _)| *h);
+        self.recent
+            .retain(|(h, _)| *h > newest - MAX_RESPONSE_HOURS);
+    }
+
+    /// Impressions older than `window_ms` before `now` (to the hour): their answer is due.
+    pub fn matured(&self, now: Millis, window_ms: i64) -> u64 {
+        let cutoff = now.saturating_sub(window_ms).div_euclid(HOUR_MS);
+        let young: u64 = self
+            .recent
+            .iter()
+            .filter(|(h, _)| *h >= cutoff)
+            .map(|(_, n)| n)
+            .sum();
+        self.shown.saturating_sub(young)
+    }
 }
 
 impl Store {
@@ -179,5 +215,27 @@ mod tests {
         assert_eq!(*c.shown.last().unwrap(), 990);
         // (990 - 50, 990] holds 950..=990: five impressions.
         assert_eq!(c.shown_within(990, 50), 5);
+    }
+
+    #[test]
+    fn impressions_mature_after_the_response_window() {
+        let h = HOUR_MS;
+        let mut arm = OfferCounts::default();
+        for ts in [0, h / 2, 5 * h, 10 * h] {
+            arm.note_shown(ts);
+        }
+        assert_eq!(arm.recent, vec![(0, 2), (5, 1), (10, 1)]);
+        // At hour 10 with a 4-hour window: hours 6.. are young, so 3 have matured.
+        assert_eq!(arm.matured(10 * h, 4 * h), 3);
+        assert_eq!(
+            arm.matured(10 * h, 0),
+            3,
+            "this hour's impression is still young"
+        );
+        assert_eq!(arm.matured(100 * h, 4 * h), 4);
+        // Old hours are dropped, but still counted as matured.
+        arm.note_shown((MAX_RESPONSE_HOURS + 20) * h);
+        assert_eq!(arm.recent.len(), 1);
+        assert_eq!(arm.matured((MAX_RESPONSE_HOURS + 20) * h, h), 4);
     }
 }

@@ -310,7 +310,7 @@ impl Applier {
         match kind {
             "offer_shown" => {
                 contact.note_shown(ts);
-                counts.shown += 1;
+                counts.note_shown(ts);
             }
             "offer_accepted" => {
                 contact.note_accepted(ts);
