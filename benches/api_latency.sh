@@ -62,6 +62,11 @@ cat > "$WORK/api.toml" <<TOML
 listen = "127.0.0.1:$PORT"
 keys = [{ name = "bench", role = "reader", sha256 = "$SHA" }]
 TOML
+# Diagnostic: REFRESH_INTERVAL=1h keeps the scoring view from being rebuilt mid-run, which
+# isolates the cost of the request path itself.
+if [ -n "${REFRESH_INTERVAL:-}" ]; then
+    printf '[kpi]\nrefresh_interval = "%s"\n' "$REFRESH_INTERVAL" >> "$WORK/api.toml"
+fi
 
 "$BIN" serve --config "$WORK/api.toml" --store "$STORE" --log info \
     > "$WORK/serve.out" 2> "$WORK/serve.err" &
@@ -90,7 +95,12 @@ RSS_MB=$(( $(ps -o rss= -p $SERVE_PID) / 1024 ))
 
 {
     echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p'), $(free -g | awk '/^Mem:/ {print $2}') GiB"
-    echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates src || echo ' + local changes')"
+    if [ -n "${PATRON_BIN:-}" ]; then
+        echo "binary: $BIN, built $(date -u -r "$BIN" +%FT%TZ)"
+    else
+        echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates src || echo ' + local changes')"
+    fi
+    echo "[kpi] refresh_interval: ${REFRESH_INTERVAL:-default (10s)}"
     echo "store: $CUSTOMERS customers, $(du -m "$STORE" | cut -f1) MB; serve RSS before load: $RSS_MB MB"
 } | tee "$WORK/result.txt"
 

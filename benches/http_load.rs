@@ -27,7 +27,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -50,7 +50,7 @@ struct Args {
     /// Keep-alive connections, each with one request in flight.
     #[arg(long, default_value_t = 32)]
     connections: usize,
-    /// Client runtime threads.
+    /// Client threads, each a single-threaded event loop over its share of the connections.
     #[arg(long, default_value_t = 2)]
     threads: usize,
     /// Length of each closed-loop (max rate) phase.
@@ -454,30 +454,77 @@ struct PhaseResult {
     last_error: Option<String>,
 }
 
-/// Runs one phase on all connections; the connections are kept for the next phase.
-async fn phase(
-    shared: &Arc<Shared>,
-    conns: &mut Vec<Conn>,
+/// A client thread: a current-thread tokio runtime (its own epoll loop, like a wrk thread) that
+/// owns its share of the connections across phases.
+struct Worker {
+    phases: mpsc::Sender<PhaseSpec>,
+    results: mpsc::Receiver<Vec<ConnResult>>,
+}
+
+impl Worker {
+    /// Starts a thread owning the connections with these indices.
+    fn start(shared: Arc<Shared>, indices: Vec<usize>) -> Self {
+        let (phases, phase_rx) = mpsc::channel::<PhaseSpec>();
+        let (result_tx, results) = mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            let mut conns: Vec<(usize, Conn)> = indices
+                .into_iter()
+                .map(|i| (i, Conn::new(shared.addr)))
+                .collect();
+            for spec in phase_rx {
+                let out = runtime.block_on(async {
+                    let tasks: Vec<_> = conns
+                        .drain(..)
+                        .map(|(i, c)| {
+                            let (shared, spec) = (shared.clone(), spec.clone());
+                            tokio::spawn(async move {
+                                let (c, r) = run_connection(shared, c, spec, i).await;
+                                (i, c, r)
+                            })
+                        })
+                        .collect();
+                    let mut out = Vec::with_capacity(tasks.len());
+                    for t in tasks {
+                        let (i, c, r) = t.await.expect("connection task");
+                        conns.push((i, c));
+                        out.push(r);
+                    }
+                    out
+                });
+                if result_tx.send(out).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { phases, results }
+    }
+}
+
+/// Runs one phase on every connection of every worker.
+fn phase(
+    workers: &[Worker],
+    connections: usize,
     target: &Target,
     pace: Pace,
     seconds: f64,
     seed: u64,
 ) -> PhaseResult {
-    let n = conns.len();
     let start = Instant::now() + Duration::from_millis(5);
     let spec = PhaseSpec {
         target: target.clone(),
         pace,
-        connections: n,
+        connections,
         start,
         end: start + Duration::from_secs_f64(seconds),
         seed,
     };
-    let tasks: Vec<_> = conns
-        .drain(..)
-        .enumerate()
-        .map(|(i, c)| tokio::spawn(run_connection(shared.clone(), c, spec.clone(), i)))
-        .collect();
+    for w in workers {
+        w.phases.send(spec.clone()).expect("worker thread");
+    }
     let mut out = PhaseResult {
         rate: 0.0,
         latency: histogram(),
@@ -486,9 +533,10 @@ async fn phase(
         errors: 0,
         last_error: None,
     };
-    for t in tasks {
-        let (conn, r) = t.await.expect("connection task");
-        conns.push(conn);
+    for r in workers
+        .iter()
+        .flat_map(|w| w.results.recv().expect("worker thread"))
+    {
         out.latency.add(&r.latency).expect("same bounds");
         out.send_lag.add(&r.send_lag).expect("same bounds");
         out.ok += r.ok;
@@ -566,76 +614,50 @@ fn main() {
         writer: RequestWriter { host, auth },
     });
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let threads = args.threads.clamp(1, args.connections.max(1));
+    let workers: Vec<Worker> = (0..threads)
+        .map(|t| {
+            let indices = (t..args.connections).step_by(threads).collect();
+            Worker::start(shared.clone(), indices)
+        })
+        .collect();
     let endpoints = [
         ("/healthz", Target::Fixed("/healthz")),
         ("GET /v1/customers/{id}", Target::Profile(picker.clone())),
     ];
-    let results: Vec<EndpointResult> = runtime.block_on(async {
-        let mut conns: Vec<Conn> = (0..args.connections)
-            .map(|_| Conn::new(shared.addr))
-            .collect();
-        let mut results = Vec::new();
-        for (name, target) in endpoints {
-            eprintln!("{name}: warm-up {:.0} s", args.warmup);
-            phase(
-                &shared,
-                &mut conns,
-                &target,
-                Pace::Closed,
-                args.warmup,
-                args.seed + 1,
-            )
-            .await;
-            eprintln!("{name}: closed loop {:.0} s", args.seconds);
-            let closed = phase(
-                &shared,
-                &mut conns,
-                &target,
-                Pace::Closed,
-                args.seconds,
-                args.seed + 2,
-            )
-            .await;
-            let open_target = closed.rate * args.open_load;
-            eprintln!(
-                "{name}: open loop at {open_target:.0} req/s for {:.0} s",
-                args.open_seconds
+    let mut results = Vec::new();
+    for (name, target) in endpoints {
+        let run =
+            |pace, seconds, seed| phase(&workers, args.connections, &target, pace, seconds, seed);
+        eprintln!("{name}: warm-up {:.0} s", args.warmup);
+        run(Pace::Closed, args.warmup, args.seed + 1);
+        eprintln!("{name}: closed loop {:.0} s", args.seconds);
+        let closed = run(Pace::Closed, args.seconds, args.seed + 2);
+        if closed.ok == 0 {
+            panic!(
+                "{name}: no successful request in the closed loop ({} errors, last: {:?})",
+                closed.errors, closed.last_error
             );
-            let open = if open_target >= 1.0 {
-                phase(
-                    &shared,
-                    &mut conns,
-                    &target,
-                    Pace::Open(open_target),
-                    args.open_seconds,
-                    args.seed + 3,
-                )
-                .await
-            } else {
-                panic!(
-                    "{name}: no successful request in the closed loop ({} errors, last: {:?})",
-                    closed.errors, closed.last_error
-                );
-            };
-            results.push(EndpointResult {
-                name,
-                closed,
-                open,
-                open_target,
-            });
         }
-        results
-    });
+        let open_target = closed.rate * args.open_load;
+        eprintln!(
+            "{name}: open loop at {open_target:.0} req/s for {:.0} s",
+            args.open_seconds
+        );
+        let open = run(Pace::Open(open_target), args.open_seconds, args.seed + 3);
+        results.push(EndpointResult {
+            name,
+            closed,
+            open,
+            open_target,
+        });
+    }
+    drop(workers);
 
     println!(
         "{} connections, {} client threads, ids: {} ({} hot, {:.0}% of requests to them)",
         args.connections,
-        args.threads,
+        threads,
         picker.ids.len(),
         picker.hot,
         args.hot_share * 100.0
@@ -685,7 +707,7 @@ fn main() {
     let json = serde_json::json!({
         "bench": "http_load",
         "connections": args.connections,
-        "client_threads": args.threads,
+        "client_threads": threads,
         "ids": picker.ids.len(),
         "hot_ids": picker.hot,
         "hot_share": args.hot_share,

@@ -3,7 +3,8 @@
 #   1. a bare rdkafka consumer (benches/kafka_drain.rs) drains the topic: the baseline;
 #   2. `patron replay --from-kafka --until-end` rebuilds a store from the same topic;
 #   3. `patron serve` joins a consumer group and catches up to lag 0 (polled on /v1/status).
-# Prints records/s for each, the ratios to the baseline (target >= 0.8) and checkpoint p99.
+# Prints records/s for each and the ratios to the baseline (target >= 0.8); replay's and serve's
+# own summaries give the checkpoint p99.
 #
 #   EVENTS_CUSTOMERS=145000 benches/kafka_ingest.sh     # about 2M events
 #
@@ -82,7 +83,7 @@ while :; do
     sleep 0.1
 done
 SERVE_SECS=$(python3 -c "import time; print(time.time() - $STARTED)")
-P99=$(curl -s "$URL/metrics" | awk '/^patron_checkpoint_duration_seconds_count/ {print "checkpoints:", $2}')
+CHECKPOINTS=$(curl -s "$URL/metrics" | awk '/^patron_checkpoint_duration_seconds_count/ {print "serve checkpoints (metrics):", $2}')
 kill -TERM $SERVE_PID; wait $SERVE_PID || true
 SERVE_PID=""
 cat "$WORK/serve.err" | tail -2
@@ -95,4 +96,4 @@ print(f"bare rdkafka drain   {bare:8.2f} s  {n/bare:10.0f} rec/s")
 print(f"replay --from-kafka  {replay:8.2f} s  {n/replay:10.0f} rec/s  ratio {bare/replay:.2f}")
 print(f"serve to lag 0       {serve:8.2f} s  {n/serve:10.0f} rec/s  ratio {bare/serve:.2f}")
 PY
-echo "$P99"
+echo "$CHECKPOINTS"

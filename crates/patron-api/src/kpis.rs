@@ -393,7 +393,7 @@ pub async fn keep_view_fresh(state: Arc<ApiState>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = state.views.get(&state.store, &state.config).await {
+        if let Err(e) = state.views.refresh(&state.store, &state.config).await {
             tracing::warn!(code = e.code, "background view refresh failed");
         }
     }

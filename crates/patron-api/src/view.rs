@@ -38,6 +38,8 @@ pub struct View {
     /// User-defined segments, compiled against the `customers` schema.
     pub predicates: Vec<(String, CompiledPredicate)>,
     pub built: Instant,
+    /// How long building it took; rebuilds are spaced by a multiple of it.
+    pub build_time: Duration,
     /// The KPI set of this snapshot (`GET /v1/kpis`), computed with the view so no request
     /// scans for it.
     pub kpis: KpiSet,
@@ -47,6 +49,7 @@ pub struct View {
 
 impl View {
     pub fn build(store: &Store, config: &PatronConfig) -> Result<Self, ApiError> {
+        let started = Instant::now();
         let model = load_model(store).map_err(ApiError::internal)?;
         let clv_options = model.as_ref().map(|m| m.options(&config.clv));
         let mut opts = SnapshotOptions::from_config(config);
@@ -73,6 +76,7 @@ impl View {
             clv_options,
             predicates,
             built: Instant::now(),
+            build_time: started.elapsed(),
         })
     }
 
@@ -106,10 +110,17 @@ fn distribution(snapshot: &Snapshot) -> RfmDistribution {
     RfmDistribution::new(last, freq, money)
 }
 
+/// Rebuilds are at least this many build times apart, so a large store's scan never takes more
+/// than a quarter of a core however short `[kpi] refresh_interval` is.
+const BUILD_TIME_SPACING: u32 = 4;
+
+/// The current view, shared by every request. A request never waits for a rebuild once a view
+/// exists: a stale view is answered at once and rebuilt in the background (one build at a
+/// time). Only the very first view, or the first after [`ViewCache::invalidate`], is waited for.
 #[derive(Default)]
 pub struct ViewCache {
-    current: RwLock<Option<Arc<View>>>,
-    building: tokio::sync::Mutex<()>,
+    current: Arc<RwLock<Option<Arc<View>>>>,
+    building: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ViewCache {
@@ -117,8 +128,13 @@ impl ViewCache {
         self.current.read().expect("view lock").clone()
     }
 
-    fn fresh(&self, max_age: Duration) -> Option<Arc<View>> {
-        self.current().filter(|v| v.built.elapsed() < max_age)
+    fn is_stale(view: &View, config: &PatronConfig) -> bool {
+        let max_age = config
+            .kpi
+            .refresh_interval
+            .max(Duration::from_secs(1))
+            .max(view.build_time * BUILD_TIME_SPACING);
+        view.built.elapsed() >= max_age
     }
 
     /// Drops the cached view, so the next request reads the store again (after a refit).
@@ -126,33 +142,53 @@ impl ViewCache {
         *self.current.write().expect("view lock") = None;
     }
 
-    /// The cached view, rebuilt on a blocking thread when older than the refresh interval.
+    /// The current view; a stale one is answered as it is while a rebuild starts behind it.
     pub async fn get(
         &self,
         store: &Store,
         config: &Arc<PatronConfig>,
     ) -> Result<Arc<View>, ApiError> {
-        let max_age = config.kpi.refresh_interval.max(Duration::from_secs(1));
-        if let Some(v) = self.fresh(max_age) {
+        match self.current() {
+            Some(v) => {
+                if Self::is_stale(&v, config)
+                    && let Ok(guard) = self.building.clone().try_lock_owned()
+                {
+                    let (slot, store, config) =
+                        (self.current.clone(), store.clone(), config.clone());
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        match build(store, config).await {
+                            Ok(view) => *slot.write().expect("view lock") = Some(view),
+                            Err(e) => tracing::warn!(code = e.code, "view rebuild failed"),
+                        }
+                    });
+                }
+                Ok(v)
+            }
+            None => self.refresh(store, config).await,
+        }
+    }
+
+    /// Rebuilds now when there is no view or it is stale, waiting for it; the background
+    /// refresher's entry point.
+    pub async fn refresh(
+        &self,
+        store: &Store,
+        config: &Arc<PatronConfig>,
+    ) -> Result<Arc<View>, ApiError> {
+        let _guard = self.building.lock().await;
+        if let Some(v) = self.current().filter(|v| !Self::is_stale(v, config)) {
             return Ok(v);
         }
-        let _guard = match self.building.try_lock() {
-            Ok(g) => g,
-            Err(_) => match self.current() {
-                // Another request is rebuilding: answer from the previous view meanwhile.
-                Some(v) => return Ok(v),
-                None => self.building.lock().await,
-            },
-        };
-        if let Some(v) = self.fresh(max_age) {
-            return Ok(v);
-        }
-        let (store, config) = (store.clone(), config.clone());
-        let view = tokio::task::spawn_blocking(move || View::build(&store, &config))
-            .await
-            .map_err(ApiError::internal)??;
-        let view = Arc::new(view);
+        let view = build(store.clone(), config.clone()).await?;
         *self.current.write().expect("view lock") = Some(view.clone());
         Ok(view)
     }
+}
+
+async fn build(store: Store, config: Arc<PatronConfig>) -> Result<Arc<View>, ApiError> {
+    tokio::task::spawn_blocking(move || View::build(&store, &config))
+        .await
+        .map_err(ApiError::internal)?
+        .map(Arc::new)
 }
