@@ -1,5 +1,5 @@
-//! HTTP load generator for the "GET profile vs /healthz" target (DESIGN.md, Targets), driven by
-//! `benches/api_latency.sh`.
+//! HTTP load generator for the "GET profile / offers vs /healthz" target (DESIGN.md, Targets),
+//! driven by `benches/api_latency.sh`.
 //!
 //! For each endpoint, in one run against one server and at one concurrency over keep-alive
 //! connections:
@@ -9,9 +9,11 @@
 //!      own maximum, for `--open-seconds`, with latencies taken from the scheduled send time
 //!      whenever a request had to wait for its connection (no coordinated omission).
 //!
-//! The profile requests pick their ids from `--ids` (one per line): `--hot-share` of them go to
-//! a hot set of `--hot-fraction` of the ids, the rest uniformly over all ids. `/healthz` gets the
-//! same requests with the same headers, so only the handler differs.
+//! The measured route is `--path-template` (default `/v1/customers/{id}`, the profile; e.g.
+//! `/v1/customers/{id}/offers?channel=web&limit=3` for offers), `{id}` replaced per request by an
+//! id from `--ids` (one per line): `--hot-share` of them go to a hot set of `--hot-fraction` of
+//! the ids, the rest uniformly over all ids. `/healthz` gets the same requests with the same
+//! headers, so only the handler differs. `--label` names the route in the output and the JSON.
 //!
 //! It prints a table and one JSON line (prefixed `json: `), and appends the JSON to `--json`.
 //!
@@ -36,17 +38,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[derive(Debug, Parser)]
-#[command(about = "GET /v1/customers/{id} vs /healthz: max rate and latency at half load")]
+#[command(about = "GET /v1/customers/{id}[...] vs /healthz: max rate and latency at half load")]
 struct Args {
     /// Base URL of the server, e.g. http://127.0.0.1:8080.
     #[arg(long)]
     url: String,
-    /// Bearer key with the reader role (sent to /healthz as well).
+    /// Bearer key with the role the route needs (sent to /healthz as well).
     #[arg(long)]
     key: Option<String>,
     /// Customer ids, one per line.
     #[arg(long)]
     ids: PathBuf,
+    /// The measured route: path and query, `{id}` replaced by a percent-encoded customer id.
+    #[arg(long, default_value = "/v1/customers/{id}")]
+    path_template: String,
+    /// Name of the measured route in the output and the JSON (its key, and `ratio_LABEL_healthz`).
+    #[arg(long, default_value = "profile")]
+    label: String,
     /// Keep-alive connections, each with one request in flight.
     #[arg(long, default_value_t = 32)]
     connections: usize,
@@ -81,11 +89,35 @@ struct Args {
     bench: bool,
 }
 
-/// Where requests go: a fixed path, or a customer id drawn per request.
+/// Where requests go: a fixed path, or a template with a customer id drawn per request.
 #[derive(Clone)]
 enum Target {
     Fixed(&'static str),
-    Profile(Arc<IdPicker>),
+    Template(Arc<PathTemplate>),
+}
+
+/// A path split at its `{id}`.
+struct PathTemplate {
+    prefix: String,
+    suffix: String,
+    ids: IdPicker,
+}
+
+impl PathTemplate {
+    fn new(template: &str, ids: IdPicker) -> Self {
+        let (prefix, suffix) = template
+            .split_once("{id}")
+            .unwrap_or_else(|| panic!("--path-template `{template}` has no `{{id}}`"));
+        assert!(
+            prefix.starts_with('/') && !suffix.contains("{id}"),
+            "--path-template must start with `/` and hold one `{{id}}`, got `{template}`"
+        );
+        Self {
+            prefix: prefix.to_owned(),
+            suffix: suffix.to_owned(),
+            ids,
+        }
+    }
 }
 
 struct IdPicker {
@@ -135,9 +167,10 @@ impl RequestWriter {
         out.extend_from_slice(b"GET ");
         match target {
             Target::Fixed(path) => out.extend_from_slice(path.as_bytes()),
-            Target::Profile(ids) => {
-                out.extend_from_slice(b"/v1/customers/");
-                percent_encode(ids.pick(rng), out);
+            Target::Template(t) => {
+                out.extend_from_slice(t.prefix.as_bytes());
+                percent_encode(t.ids.pick(rng), out);
+                out.extend_from_slice(t.suffix.as_bytes());
             }
         }
         out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
@@ -548,7 +581,7 @@ fn phase(
 }
 
 struct EndpointResult {
-    name: &'static str,
+    name: String,
     closed: PhaseResult,
     open: PhaseResult,
     open_target: f64,
@@ -587,11 +620,15 @@ fn main() {
         ids.swap(i, j);
     }
     let hot = ((ids.len() as f64 * args.hot_fraction).ceil() as usize).clamp(1, ids.len());
-    let picker = Arc::new(IdPicker {
-        ids,
-        hot,
-        hot_share: args.hot_share,
-    });
+    let template = Arc::new(PathTemplate::new(
+        &args.path_template,
+        IdPicker {
+            ids,
+            hot,
+            hot_share: args.hot_share,
+        },
+    ));
+    let picker = &template.ids;
 
     let host = args
         .url
@@ -622,8 +659,8 @@ fn main() {
         })
         .collect();
     let endpoints = [
-        ("/healthz", Target::Fixed("/healthz")),
-        ("GET /v1/customers/{id}", Target::Profile(picker.clone())),
+        ("/healthz".to_owned(), Target::Fixed("/healthz")),
+        (args.label.clone(), Target::Template(template.clone())),
     ];
     let mut results = Vec::new();
     for (name, target) in endpoints {
@@ -654,6 +691,7 @@ fn main() {
     }
     drop(workers);
 
+    println!("{}: GET {}", args.label, args.path_template);
     println!(
         "{} connections, {} client threads, ids: {} ({} hot, {:.0}% of requests to them)",
         args.connections,
@@ -692,20 +730,23 @@ fn main() {
             ms(&r.open.send_lag, 0.99)
         );
     }
-    let (health, profile) = (&results[0], &results[1]);
-    let ratio = profile.closed.rate / health.closed.rate;
-    let p99_half = ms(&profile.open.latency, 0.99);
+    let (health, route) = (&results[0], &results[1]);
+    let label = &args.label;
+    let ratio = route.closed.rate / health.closed.rate;
+    let p99_half = ms(&route.open.latency, 0.99);
     println!(
-        "throughput ratio profile / healthz: {ratio:.3} (target >= 0.6: {})",
+        "throughput ratio {label} / healthz: {ratio:.3} (target >= 0.6: {})",
         if ratio >= 0.6 { "met" } else { "missed" }
     );
     println!(
-        "profile p99 at {:.0}% of its max rate: {p99_half:.3} ms (target <= 1 ms: {})",
+        "{label} p99 at {:.0}% of its max rate: {p99_half:.3} ms (target <= 1 ms: {})",
         args.open_load * 100.0,
         if p99_half <= 1.0 { "met" } else { "missed" }
     );
-    let json = serde_json::json!({
+    let mut json = serde_json::json!({
         "bench": "http_load",
+        "label": label,
+        "path_template": args.path_template,
         "connections": args.connections,
         "client_threads": threads,
         "ids": picker.ids.len(),
@@ -719,14 +760,15 @@ fn main() {
             "open": phase_json(&health.open),
             "open_target_per_s": health.open_target.round(),
         },
-        "profile": {
-            "closed": phase_json(&profile.closed),
-            "open": phase_json(&profile.open),
-            "open_target_per_s": profile.open_target.round(),
-        },
-        "ratio_profile_healthz": ratio,
-        "profile_p99_half_load_ms": p99_half,
     });
+    // Keyed by the label, so the profile lines keep the keys of earlier runs.
+    json[label.as_str()] = serde_json::json!({
+        "closed": phase_json(&route.closed),
+        "open": phase_json(&route.open),
+        "open_target_per_s": route.open_target.round(),
+    });
+    json[format!("ratio_{label}_healthz")] = ratio.into();
+    json[format!("{label}_p99_half_load_ms")] = p99_half.into();
     println!("json: {json}");
     if let Some(path) = &args.json {
         use std::io::Write;

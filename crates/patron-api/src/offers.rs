@@ -405,7 +405,7 @@ pub struct Withheld {
     params(("id" = String, Path, description = "customer id, or an alias of one"), DecisionParams),
     responses(
         (status = 200, description = "ranked offers with explanations", body = Decision),
-        (status = 400, description = "limit out of range", body = ErrorBody),
+        (status = 400, description = "limit out of range, or a malformed query string", body = ErrorBody),
         (status = 401, description = "missing or unknown key", body = ErrorBody),
         (status = 403, description = "the key's role is not marketing or admin", body = ErrorBody),
         (status = 404, description = "no such customer", body = ErrorBody),
@@ -415,9 +415,10 @@ pub async fn decide(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(params): Query<DecisionParams>,
+    query: Result<Query<DecisionParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Decision>, ApiError> {
     state.auth.require(&headers, Role::Marketing)?;
+    let Query(params) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = params.limit.unwrap_or(3);
     if !(1..=50).contains(&limit) {
         return Err(ApiError::bad_request(
