@@ -43,7 +43,7 @@ mkdir -p "$CACHE"
 rm -rf "$WORK" && mkdir -p "$WORK"
 
 . benches/common.sh
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release --workspace --benches >&2
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --workspace --benches --bins >&2
 LOAD=${LOAD_BIN:-$(bench_exe http_load)}
 
 if [ ! -f "$STORE" ]; then
