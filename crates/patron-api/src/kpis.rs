@@ -225,6 +225,10 @@ pub struct HistoryDay {
     pub revenue_30d: f64,
     pub orders_30d: u64,
     pub offer_acceptance_rate_30d: Option<f64>,
+    /// The whole KPI set (as `GET /v1/kpis`) as last computed while this was the newest event
+    /// day; null for days no server computed live (for example days only replayed).
+    #[schema(value_type = Option<Object>)]
+    pub kpis: Option<serde_json::Value>,
 }
 
 impl From<DayKpis> for HistoryDay {
@@ -246,6 +250,7 @@ impl From<DayKpis> for HistoryDay {
             revenue_30d: d.revenue_30d,
             orders_30d: d.orders_30d,
             offer_acceptance_rate_30d: d.offer_acceptance_rate_30d,
+            kpis: None,
         }
     }
 }
@@ -275,7 +280,39 @@ pub async fn get_history(
         ));
     }
     let view = state.views.get(&state.store, &state.config).await?;
-    Ok(Json(HistoryResponse::new(&view, days)))
+    let mut history = HistoryResponse::new(&view, days);
+    attach_snapshots(&state.store, &mut history)?;
+    Ok(Json(history))
+}
+
+/// Adds each day's stored KPI snapshot.
+fn attach_snapshots(
+    store: &patron_store::Store,
+    history: &mut HistoryResponse,
+) -> Result<(), ApiError> {
+    let day = |d: &HistoryDay| {
+        chrono::NaiveDate::parse_from_str(&d.date, "%Y-%m-%d")
+            .ok()
+            .and_then(|date| date.and_hms_opt(0, 0, 0))
+            .map(|t| patron_core::time::day_index(t.and_utc().timestamp_millis()))
+    };
+    let (Some(from), Some(to)) = (
+        history.days.first().and_then(day),
+        history.days.last().and_then(day),
+    ) else {
+        return Ok(());
+    };
+    let stored: std::collections::HashMap<i32, Vec<u8>> = store
+        .kpi_snapshots(from, to)
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .collect();
+    for d in &mut history.days {
+        if let Some(json) = day(d).and_then(|k| stored.get(&k)) {
+            d.kpis = serde_json::from_slice(json).ok();
+        }
+    }
+    Ok(())
 }
 
 impl HistoryResponse {

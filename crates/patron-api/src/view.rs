@@ -187,8 +187,21 @@ impl ViewCache {
 }
 
 async fn build(store: Store, config: Arc<PatronConfig>) -> Result<Arc<View>, ApiError> {
-    tokio::task::spawn_blocking(move || View::build(&store, &config))
-        .await
-        .map_err(ApiError::internal)?
-        .map(Arc::new)
+    tokio::task::spawn_blocking(move || {
+        let view = View::build(&store, &config)?;
+        // The KPI set of as_of's day, for the history (the last build of a day wins).
+        if let Some(as_of) = view.snapshot.as_of {
+            let json = serde_json::to_vec(&crate::kpis::KpisResponse::new(
+                &view.kpis,
+                view.computed_at,
+            ))
+            .map_err(ApiError::internal)?;
+            store
+                .put_kpi_snapshot(patron_core::time::day_index(as_of), &json)
+                .map_err(ApiError::internal)?;
+        }
+        Ok(Arc::new(view))
+    })
+    .await
+    .map_err(ApiError::internal)?
 }

@@ -1182,3 +1182,27 @@ async fn a_request_over_the_time_limit_is_503() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_error(&body, "timeout");
 }
+
+/// The history carries, for as_of's day, the whole KPI set as served by `GET /v1/kpis`.
+#[tokio::test]
+async fn kpi_history_keeps_the_full_set_of_the_days_it_was_computed() {
+    let f = fixture();
+    let (status, kpis) = call(&f.app, Method::GET, "/v1/kpis", Some(READER), None).await;
+    assert_eq!(status, StatusCode::OK, "{kpis}");
+    let (status, history) = call(
+        &f.app,
+        Method::GET,
+        "/v1/kpis/history?days=30",
+        Some(READER),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{history}");
+    let days = history["days"].as_array().unwrap();
+    // as_of is carol's purchase on 2026-03-10; the days before it were never computed live.
+    let last = days.last().unwrap();
+    assert_eq!(last["date"], "2026-03-10");
+    assert_eq!(last["kpis"], kpis, "{history:#}");
+    assert_eq!(last["kpis"]["customers"], 3);
+    assert!(days[..days.len() - 1].iter().all(|d| d["kpis"].is_null()));
+}

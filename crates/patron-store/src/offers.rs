@@ -122,6 +122,31 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Keeps `json` as the KPI snapshot of event day `day` (replacing an earlier one).
+    pub fn put_kpi_snapshot(&self, day: i32, json: &[u8]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(crate::tables::KPI_SNAPSHOTS)?;
+            table.insert(day, json)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The KPI snapshots of days `from..=to`.
+    pub fn kpi_snapshots(&self, from: i32, to: i32) -> Result<Vec<(i32, Vec<u8>)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(crate::tables::KPI_SNAPSHOTS)?;
+        let mut out = Vec::new();
+        for entry in table.range(from..=to)? {
+            let (k, v) = entry?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+}
+
 impl crate::StoreReader {
     /// The contact history of `customer` with `offer`.
     pub fn contact(&self, customer: &str, offer: &str) -> Result<Option<ContactRecord>> {

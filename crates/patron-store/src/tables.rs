@@ -32,6 +32,9 @@ pub const OFFER_CONTACTS: TableDefinition<'_, (&str, &str), &[u8]> =
 /// (offer id, rfm segment) -> [`crate::OfferCounts`]: the learning counts of each arm.
 pub const OFFER_STATS: TableDefinition<'_, (&str, &str), &[u8]> =
     TableDefinition::new("offer_stats");
+/// Epoch day of event time -> the full KPI set (JSON) as last computed while that day was the
+/// newest, so `/v1/kpis/history` can show figures that later state overwrites.
+pub const KPI_SNAPSHOTS: TableDefinition<'_, i32, &[u8]> = TableDefinition::new("kpi_snapshots");
 /// Named singletons: format version, counters, as_of, fitted models.
 pub const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 
@@ -65,6 +68,7 @@ pub(crate) fn initialise(db: &Database, path: &Path) -> Result<()> {
                 && read.open_table(OFFER_CATALOG).is_ok()
                 && read.open_table(OFFER_CONTACTS).is_ok()
                 && read.open_table(OFFER_STATS).is_ok()
+                && read.open_table(KPI_SNAPSHOTS).is_ok()
             {
                 return Ok(());
             }
@@ -97,5 +101,6 @@ fn open_later_tables(write: &redb::WriteTransaction) -> Result<()> {
     write.open_table(OFFER_CATALOG)?;
     write.open_table(OFFER_CONTACTS)?;
     write.open_table(OFFER_STATS)?;
+    write.open_table(KPI_SNAPSHOTS)?;
     Ok(())
 }
