@@ -136,7 +136,7 @@ pub(crate) async fn lookup(state: &ApiState, id: &str) -> Result<Found, ApiError
     })
 }
 
-pub(crate) fn profile(
+fn profile(
     view: &View,
     config: &PatronConfig,
     customer_id: String,
@@ -144,6 +144,20 @@ pub(crate) fn profile(
     s: &CustomerState,
     as_of: Option<Millis>,
 ) -> Result<Profile, ApiError> {
+    profile_and_row(view, config, customer_id, partition, s, as_of, false).map(|(p, _)| p)
+}
+
+/// The profile and, when `want_row`, its `customers` row with the user segments filled in (the
+/// row offer predicates run on). The row is built once and also decides the user segments.
+pub(crate) fn profile_and_row(
+    view: &View,
+    config: &PatronConfig,
+    customer_id: String,
+    partition: u32,
+    s: &CustomerState,
+    as_of: Option<Millis>,
+    want_row: bool,
+) -> Result<(Profile, Option<RecordBatch>), ApiError> {
     let scores = match s.last_purchase {
         Some(last) if s.frequency >= 1 => {
             Some(view.distribution.scores(last, s.frequency, s.monetary()))
@@ -219,20 +233,37 @@ pub(crate) fn profile(
         .into_iter()
         .map(|(category, score)| CategoryAffinity { category, score })
         .collect();
-    if !view.predicates.is_empty() {
-        let row = customers_row(&p, s, &traits_json)?;
-        for (name, predicate) in &view.predicates {
-            let mask = predicate.evaluate(&row).map_err(ApiError::internal)?;
-            if mask.is_valid(0) && mask.value(0) {
-                p.segments.push(name.clone());
-            }
+    if view.predicates.is_empty() && !want_row {
+        return Ok((p, None));
+    }
+    let row = customers_row(&p, s, &traits_json)?;
+    for (name, predicate) in &view.predicates {
+        let mask = predicate.evaluate(&row).map_err(ApiError::internal)?;
+        if mask.is_valid(0) && mask.value(0) {
+            p.segments.push(name.clone());
         }
     }
-    Ok(p)
+    let row = match want_row {
+        false => None,
+        true if p.segments.is_empty() => Some(row),
+        true => Some(with_segments(row, &p.segments)?),
+    };
+    Ok((p, row))
+}
+
+/// `row` with its `segments` column replaced by `segments`.
+fn with_segments(row: RecordBatch, segments: &[String]) -> Result<RecordBatch, ApiError> {
+    let schema = row.schema();
+    let at = schema.index_of("segments").map_err(ApiError::internal)?;
+    let mut list = ListBuilder::new(StringBuilder::new());
+    list.append_value(segments.iter().map(Some));
+    let mut columns = row.columns().to_vec();
+    columns[at] = Arc::new(list.finish());
+    RecordBatch::try_new(schema, columns).map_err(ApiError::internal)
 }
 
 /// The `traits` column: the traits object as JSON text.
-pub(crate) fn traits_text(s: &CustomerState) -> String {
+fn traits_text(s: &CustomerState) -> String {
     if s.traits.is_empty() {
         "{}".to_owned()
     } else {
@@ -242,7 +273,7 @@ pub(crate) fn traits_text(s: &CustomerState) -> String {
 
 /// The profile as one row of the `customers` table, so user segments are decided by the same
 /// predicates over the same columns as in SQL.
-pub(crate) fn customers_row(
+fn customers_row(
     p: &Profile,
     s: &CustomerState,
     traits_json: &str,

@@ -30,7 +30,7 @@ use rand_distr::{Beta, Distribution};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::customers::{customers_row, lookup, profile};
+use crate::customers::{lookup, profile_and_row};
 use crate::error::{ErrorBody, JsonBody};
 use crate::{ApiError, ApiState};
 
@@ -430,15 +430,16 @@ pub async fn decide(
     let found = lookup(&state, &id).await?;
     let s = &found.stored.state;
     let customer = found.stored.customer_id.clone();
-    let p = profile(
+    let (p, row) = profile_and_row(
         &found.view,
         &state.config,
         customer.clone(),
         found.stored.scope,
         s,
         found.as_of,
+        true,
     )?;
-    let row = customers_row(&p, s, &crate::customers::traits_text(s))?;
+    let row = row.expect("asked for the row");
     let contacts: HashMap<String, ContactRecord> = found
         .reader
         .contacts_of(&customer)

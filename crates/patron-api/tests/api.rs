@@ -2,23 +2,16 @@
 //! errors, the role matrix, SQL refusals and limits. The store is built by applying events
 //! with the real applier; expected values are worked out by hand from those events.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
+use patron_api::QueryLimits;
 use patron_api::auth::sha256_hex;
-use patron_api::{ApiState, Auth, QueryLimits};
 use patron_core::config::{ApiKeyConfig, PatronConfig, Role, SegmentConfig};
-use patron_core::decode::Decoder;
-use patron_core::state::ApplyContext;
-use patron_core::time::now_millis;
-use patron_store::Store;
-use patron_stream::applier::Applier;
-use patron_stream::kafka::status::IngestStatus;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 const READER: &str = "reader-key";
 const MARKETING: &str = "marketing-key";
@@ -74,38 +67,16 @@ struct Fixture {
     app: Router,
 }
 
-fn write_store(cfg: &PatronConfig, payloads: &[Vec<u8>]) -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("t.redb")).unwrap();
-    let mut applier = Applier::open(store.clone(), ApplyContext::from_config(cfg)).unwrap();
-    let decoder = Decoder::from_config(cfg);
-    for bytes in payloads {
-        let event = decoder.decode(bytes, now_millis()).unwrap();
-        applier.apply(&event, 0).unwrap();
-    }
-    applier.checkpoint().unwrap();
-    (dir, store)
-}
-
 fn fixture_with(cfg: PatronConfig, events: &[Value], limits: QueryLimits) -> Fixture {
     let payloads: Vec<Vec<u8>> = events.iter().map(|e| e.to_string().into_bytes()).collect();
     fixture_from(cfg, &payloads, limits)
 }
 
 fn fixture_from(cfg: PatronConfig, payloads: &[Vec<u8>], limits: QueryLimits) -> Fixture {
-    let (dir, store) = write_store(&cfg, payloads);
-    let auth = Auth::from_config(&cfg.api.keys).unwrap();
-    let state = ApiState::new(
-        store,
-        Arc::new(IngestStatus::new("kafka:t", "t", "dlq")),
-        auth,
-        None,
-    )
-    .with_config(Arc::new(cfg))
-    .with_query_limits(limits);
+    let (dir, store) = common::store_with(&cfg, payloads);
     Fixture {
         _dir: dir,
-        app: patron_api::router(Arc::new(state)),
+        app: common::app(store, cfg, limits),
     }
 }
 
@@ -121,44 +92,9 @@ async fn call(
     body: Option<Value>,
 ) -> (StatusCode, Value) {
     let (status, _, bytes) =
-        call_raw(app, method, uri, key, body.map(|b| b.to_string()), None).await;
+        common::request(app, method, uri, key, body.map(|b| b.to_string()), None).await;
     let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     (status, json)
-}
-
-async fn call_raw(
-    app: &Router,
-    method: Method,
-    uri: &str,
-    key: Option<&str>,
-    body: Option<String>,
-    accept: Option<&str>,
-) -> (StatusCode, String, Vec<u8>) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(k) = key {
-        req = req.header("authorization", format!("Bearer {k}"));
-    }
-    if let Some(a) = accept {
-        req = req.header("accept", a);
-    }
-    let req = match body {
-        Some(b) => req
-            .header("content-type", "application/json")
-            .body(Body::from(b))
-            .unwrap(),
-        None => req.body(Body::empty()).unwrap(),
-    };
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let ctype = resp
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (status, ctype, bytes.to_vec())
 }
 
 fn assert_error(body: &Value, code: &str) {
@@ -385,7 +321,7 @@ async fn query_returns_json_rows_and_arrow() {
             {"customer_id": "carol", "frequency": 2},
         ])
     );
-    let (status, ctype, bytes) = call_raw(
+    let (status, ctype, bytes) = common::request(
         &f.app,
         Method::POST,
         "/v1/query",
@@ -461,7 +397,7 @@ async fn query_refuses_writes_and_files() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {b}");
         assert_error(&b, "invalid_body");
     }
-    let (status, _, bytes) = call_raw(
+    let (status, _, bytes) = common::request(
         &f.app,
         Method::POST,
         "/v1/query",
@@ -548,7 +484,7 @@ async fn event_intake_refuses_bad_batches() {
     let post = |body: String| {
         let app = f.app.clone();
         async move {
-            let (status, _, bytes) = call_raw(
+            let (status, _, bytes) = common::request(
                 &app,
                 Method::POST,
                 "/v1/events",
@@ -678,7 +614,8 @@ async fn metrics_export_latency_quantiles_and_counts_per_route() {
         None,
     )
     .await;
-    let (status, _, bytes) = call_raw(&f.app, Method::GET, "/metrics", None, None, None).await;
+    let (status, _, bytes) =
+        common::request(&f.app, Method::GET, "/metrics", None, None, None).await;
     assert_eq!(status, StatusCode::OK);
     let text = String::from_utf8(bytes).unwrap();
     for q in ["0.5", "0.9", "0.99", "0.999"] {

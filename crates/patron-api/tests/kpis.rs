@@ -2,25 +2,22 @@
 //! worked out by hand from a handful of events, and segment exports read back with the arrow
 //! and parquet crates.
 
+mod common;
+
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use patron_api::auth::sha256_hex;
 use patron_api::{ApiState, Auth};
 use patron_core::config::toml_like::NumberOrString;
 use patron_core::config::{ApiKeyConfig, ObjectiveConfig, PatronConfig, Role, SegmentConfig};
-use patron_core::decode::Decoder;
-use patron_core::state::ApplyContext;
 use patron_core::time::now_millis;
 use patron_query::{Snapshot, SnapshotOptions};
 use patron_store::Store;
-use patron_stream::applier::Applier;
 use patron_stream::kafka::status::IngestStatus;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 const READER: &str = "reader-key";
 
@@ -85,48 +82,17 @@ struct Fixture {
 }
 
 fn fixture(cfg: PatronConfig, events: &[Value]) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("t.redb")).unwrap();
-    let mut applier = Applier::open(store.clone(), ApplyContext::from_config(&cfg)).unwrap();
-    let decoder = Decoder::from_config(&cfg);
-    for e in events {
-        let event = decoder
-            .decode(e.to_string().as_bytes(), now_millis())
-            .unwrap();
-        applier.apply(&event, 0).unwrap();
-    }
-    applier.checkpoint().unwrap();
-    let auth = Auth::from_config(&cfg.api.keys).unwrap();
-    let state = ApiState::new(
-        store.clone(),
-        Arc::new(IngestStatus::new("kafka:t", "t", "dlq")),
-        auth,
-        None,
-    )
-    .with_config(Arc::new(cfg));
+    let payloads: Vec<Vec<u8>> = events.iter().map(|e| e.to_string().into_bytes()).collect();
+    let (dir, store) = common::store_with(&cfg, &payloads);
     Fixture {
         _dir: dir,
-        store,
-        app: patron_api::router(Arc::new(state)),
+        store: store.clone(),
+        app: common::app(store, cfg, Default::default()),
     }
 }
 
-async fn get_raw(app: &Router, uri: &str) -> (StatusCode, String, axum::body::Bytes) {
-    let req = Request::get(uri)
-        .header("authorization", format!("Bearer {READER}"))
-        .body(Body::empty())
-        .unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let ctype = resp
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (status, ctype, bytes)
+async fn get_raw(app: &Router, uri: &str) -> (StatusCode, String, Vec<u8>) {
+    common::request(app, Method::GET, uri, Some(READER), None, None).await
 }
 
 async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
@@ -315,10 +281,12 @@ async fn segment_exports_round_trip_through_parquet_and_csv() {
         let (status, ctype, bytes) = get_raw(&f.app, &uri).await;
         assert_eq!(status, StatusCode::OK, "{segment}");
         assert_eq!(ctype, "application/vnd.apache.parquet");
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-            .unwrap()
-            .build()
-            .unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            axum::body::Bytes::from(bytes),
+        )
+        .unwrap()
+        .build()
+        .unwrap();
         let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
         let got = arrow::compute::concat_batches(&expected.schema(), &batches).unwrap();
         assert_eq!(got, expected, "{segment} parquet");

@@ -583,10 +583,11 @@ fn offer_uplift(
     shown: &std::collections::HashSet<(String, String)>,
     as_of: Option<Millis>,
 ) -> Result<Option<f64>> {
-    let Some(as_of) = as_of else {
+    let Some(as_of) = as_of.filter(|_| !customers.is_empty()) else {
         return Ok(None);
     };
     let since = as_of - 30 * MILLIS_PER_DAY;
+    let schema = customers_schema();
     let (mut treated, mut control) = ((0u64, 0u64), (0u64, 0u64));
     for (id, json) in catalog {
         let Ok(offer) = serde_json::from_slice::<serde_json::Value>(json) else {
@@ -597,10 +598,7 @@ fn offer_uplift(
             continue;
         }
         let eligible = offer["eligible"].as_str().unwrap_or("true");
-        let Some(first) = customers.first() else {
-            return Ok(None);
-        };
-        let Ok(predicate) = CompiledPredicate::compile(eligible, &first.schema()) else {
+        let Ok(predicate) = CompiledPredicate::compile(eligible, &schema) else {
             continue;
         };
         for b in customers {
