@@ -215,6 +215,9 @@ pub(crate) fn serve(
             .await
             .map_err(Failure::runtime)
     });
+    // Ends the background tasks (the view refresher holds the API state, and with it the intake
+    // producer), so nothing talks to the embedded broker after it stops.
+    drop(runtime);
     stop.store(true, Ordering::Relaxed);
     let ingested = ingest_thread
         .join()
