@@ -1,6 +1,8 @@
 //! Bearer-key authentication. Config holds only SHA-256 hashes of keys; a request's key is
 //! hashed and compared. Roles nest: admin ⊃ marketing ⊃ reader; ingest stands apart.
 
+use std::sync::{Arc, RwLock};
+
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use patron_core::config::{ApiKeyConfig, Role};
@@ -19,6 +21,36 @@ pub struct Auth {
     keys: Vec<Key>,
     /// `--insecure-no-auth`: every request is admin.
     open: bool,
+    verified: Verified,
+}
+
+/// Keys already found valid, so a client does not pay for SHA-256 on every request. Only a key
+/// that matched a configured hash gets in, so there is at most one entry per configured key.
+/// Its `Debug` shows only the count: keys are never logged.
+#[derive(Clone, Default)]
+struct Verified(Arc<RwLock<Vec<(Box<[u8]>, Role)>>>);
+
+impl std::fmt::Debug for Verified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.read().map_or(0, |v| v.len());
+        write!(f, "Verified({n} keys)")
+    }
+}
+
+impl Verified {
+    fn get(&self, presented: &[u8]) -> Option<Role> {
+        let keys = self.0.read().unwrap_or_else(|e| e.into_inner());
+        keys.iter()
+            .find(|(k, _)| k.len() == presented.len() && slices_eq(k, presented))
+            .map(|(_, role)| *role)
+    }
+
+    fn insert(&self, presented: &[u8], role: Role, limit: usize) {
+        let mut keys = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if keys.len() < limit && !keys.iter().any(|(k, _)| k.as_ref() == presented) {
+            keys.push((presented.into(), role));
+        }
+    }
 }
 
 /// Whether a key with role `has` may do what `needs` allows.
@@ -58,6 +90,7 @@ impl Auth {
         Ok(Self {
             keys: out,
             open: false,
+            verified: Verified::default(),
         })
     }
 
@@ -66,6 +99,7 @@ impl Auth {
         Self {
             keys: Vec::new(),
             open: true,
+            verified: Verified::default(),
         }
     }
 
@@ -88,12 +122,19 @@ impl Auth {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .ok_or_else(ApiError::unauthorized)?;
+        if let Some(role) = self.verified.get(presented.as_bytes()) {
+            return Ok(role);
+        }
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        self.keys
+        let role = self
+            .keys
             .iter()
             .find(|k| constant_time_eq(&k.hash, &digest))
             .map(|k| k.role)
-            .ok_or_else(ApiError::unauthorized)
+            .ok_or_else(ApiError::unauthorized)?;
+        self.verified
+            .insert(presented.as_bytes(), role, self.keys.len());
+        Ok(role)
     }
 
     /// 401 without a valid key, 403 when its role falls short of `needs`.
@@ -121,6 +162,11 @@ pub fn role_name(role: Role) -> &'static str {
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    slices_eq(a, b)
+}
+
+/// Equal-length slices compared in time independent of where they differ.
+fn slices_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -173,6 +219,26 @@ mod tests {
         assert!(!grants(Role::Ingest, Role::Reader));
         assert!(!grants(Role::Marketing, Role::Ingest));
         assert!(grants(Role::Ingest, Role::Ingest));
+    }
+
+    #[test]
+    fn remembered_keys_still_match_exactly_and_are_never_shown() {
+        let a = auth();
+        for _ in 0..3 {
+            assert_eq!(a.role(&headers("admin-secret")).unwrap(), Role::Admin);
+        }
+        // Near misses of a remembered key are still unknown.
+        for wrong in [
+            "admin-secreT",
+            "admin-secre",
+            "admin-secrett",
+            "xdmin-secret",
+        ] {
+            assert_eq!(a.role(&headers(wrong)).unwrap_err().status, 401, "{wrong}");
+        }
+        let shown = format!("{a:?}");
+        assert!(!shown.contains("admin-secret"), "{shown}");
+        assert!(shown.contains("Verified(1 keys)"), "{shown}");
     }
 
     #[test]

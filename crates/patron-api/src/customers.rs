@@ -59,12 +59,13 @@ pub struct Profile {
     pub affinity: Vec<CategoryAffinity>,
     /// Traits from `identify` events.
     #[schema(value_type = Object)]
-    pub traits: serde_json::Value,
+    pub traits: Box<serde_json::value::RawValue>,
     pub first_seen: Option<String>,
     pub last_seen: Option<String>,
     /// The clock the time-relative figures use (RFC 3339).
     pub as_of: Option<String>,
-    /// Age of the population ranking the scores and segments were computed against.
+    /// Age of the population ranking the scores and segments were computed against; 0 when
+    /// nothing was committed since it was computed.
     pub staleness_seconds: f64,
 }
 
@@ -95,15 +96,19 @@ pub async fn get_customer(
 ) -> Result<Json<Profile>, ApiError> {
     state.auth.require(&headers, Role::Reader)?;
     let found = lookup(&state, &id).await?;
-    profile(
+    let mut p = profile(
         &found.view,
         &state.config,
         found.stored.customer_id,
         found.stored.scope,
         &found.stored.state,
         found.as_of,
-    )
-    .map(Json)
+    )?;
+    if state.store.generation() == found.view.generation {
+        // Nothing was committed since the ranking was computed: it is current.
+        p.staleness_seconds = 0.0;
+    }
+    Ok(Json(p))
 }
 
 /// A customer's committed state, the view to score it against, and the clock.
@@ -112,14 +117,14 @@ pub(crate) struct Found {
     pub stored: patron_store::StoredProfile,
     pub as_of: Option<Millis>,
     /// The read snapshot the state came from, for further point reads.
-    pub reader: patron_store::StoreReader,
+    pub reader: Arc<patron_store::StoreReader>,
 }
 
 /// Finds `id` (or the customer it is an alias of): 404 when there is none.
 pub(crate) async fn lookup(state: &ApiState, id: &str) -> Result<Found, ApiError> {
     let view = state.views.get(&state.store, &state.config).await?;
-    // A point read on its own MVCC snapshot: a few microseconds, never waits on the writer.
-    let reader = state.store.reader().map_err(ApiError::internal)?;
+    // A point read on the latest committed MVCC snapshot: never waits on the writer.
+    let reader = state.store.snapshot().map_err(ApiError::internal)?;
     let stored = reader.profile(id).map_err(ApiError::internal)?;
     let Some(stored) = stored else {
         return Err(ApiError::not_found(format!("no customer `{id}`")));
@@ -215,7 +220,8 @@ pub(crate) fn profile_and_row(
         clv: value.map(|v| v.clv),
         engagement: BTreeMap::new(),
         affinity: Vec::new(),
-        traits: serde_json::from_str(&traits_json).map_err(ApiError::internal)?,
+        traits: serde_json::value::RawValue::from_string(traits_json.clone())
+            .map_err(ApiError::internal)?,
         first_seen: (s.first_seen != Millis::MAX).then(|| to_rfc3339(s.first_seen)),
         last_seen: (s.last_seen != Millis::MIN).then(|| to_rfc3339(s.last_seen)),
         as_of: as_of.map(to_rfc3339),
@@ -383,7 +389,7 @@ pub async fn delete_customer(
     ids.dedup();
     let deadline = tokio::time::Instant::now() + ERASE_WAIT;
     let erased = loop {
-        let reader = state.store.reader().map_err(ApiError::internal)?;
+        let reader = state.store.snapshot().map_err(ApiError::internal)?;
         if reader
             .tombstone(&id)
             .map_err(ApiError::internal)?

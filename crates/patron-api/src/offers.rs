@@ -107,6 +107,9 @@ pub struct CompiledOffer {
     ends: Option<Millis>,
     window_ms: Option<i64>,
     cooldown_ms: Option<i64>,
+    /// Reasons that do not depend on the customer, written once.
+    not_eligible: String,
+    held_out: String,
 }
 
 /// Checks every field and compiles the predicate; the error names the field at fault.
@@ -165,6 +168,11 @@ pub fn compile(offer: Offer) -> Result<CompiledOffer, String> {
         .evaluate(&arrow::array::RecordBatch::new_empty(schema))
         .map_err(|e| format!("`eligible`: {e}"))?;
     Ok(CompiledOffer {
+        not_eligible: format!("not_eligible: {}", offer.eligible),
+        held_out: format!(
+            "holdout: in the {:.0}% control group",
+            offer.holdout * 100.0
+        ),
         offer,
         predicate,
         starts,
@@ -472,6 +480,8 @@ pub async fn decide(
         held_out: Vec::new(),
         suppressed: Vec::new(),
     };
+    // Candidates are scored first; only the `limit` best are dressed for the response.
+    let mut candidates: Vec<Candidate<'_>> = Vec::new();
     for c in book.iter() {
         let o = &c.offer;
         let withhold = |reason: String| Withheld {
@@ -496,16 +506,14 @@ pub async fn decide(
         }
         let mask = c.predicate.evaluate(&row).map_err(ApiError::internal)?;
         if !(mask.is_valid(0) && mask.value(0)) {
-            decision
-                .suppressed
-                .push(withhold(format!("not_eligible: {}", o.eligible)));
+            decision.suppressed.push(withhold(c.not_eligible.clone()));
             continue;
         }
         if in_holdout(&customer, &o.id, o.holdout) {
             decision.held_out.push(Withheld {
                 offer_id: o.id.clone(),
                 holdout: true,
-                reason: format!("holdout: in the {:.0}% control group", o.holdout * 100.0),
+                reason: c.held_out.clone(),
             });
             continue;
         }
@@ -551,39 +559,65 @@ pub async fn decide(
             .as_ref()
             .is_some_and(|cat| p.affinity.iter().any(|a| &a.category == cat));
         let affinity_boost = if affine { boost_share * o.value } else { 0.0 };
-        let score = p_accept * o.value - o.cost + affinity_boost;
-        decision.offers.push(RankedOffer {
-            offer_id: o.id.clone(),
-            name: o.name.clone(),
-            score,
+        candidates.push(Candidate {
+            offer: c,
+            score: p_accept * o.value - o.cost + affinity_boost,
             p_accept,
-            value: o.value,
-            cost: o.cost,
+            posterior,
             affinity_boost,
-            category: o.category.clone(),
-            holdout: false,
-            reason: format!(
-                "p_accept {p_accept:.4} ({} of Beta({}, {}) for {segment}) × value {:.2} − cost {:.2}{}",
-                decision.exploration,
-                posterior.alpha,
-                posterior.beta,
-                o.value,
-                o.cost,
-                if affine {
-                    format!(" + affinity {affinity_boost:.2} (top category)")
-                } else {
-                    String::new()
-                }
-            ),
+            affine,
         });
     }
-    decision.offers.sort_by(|a, b| {
+    candidates.sort_by(|a, b| {
         b.score
             .total_cmp(&a.score)
-            .then_with(|| a.offer_id.cmp(&b.offer_id))
+            .then_with(|| a.offer.offer.id.cmp(&b.offer.offer.id))
     });
-    decision.offers.truncate(limit);
+    candidates.truncate(limit);
+    decision.offers = candidates
+        .into_iter()
+        .map(|c| c.ranked(&decision.exploration, &segment))
+        .collect();
     Ok(Json(decision))
+}
+
+/// An offer that passed every check, scored.
+struct Candidate<'a> {
+    offer: &'a CompiledOffer,
+    score: f64,
+    p_accept: f64,
+    posterior: Posterior,
+    affinity_boost: f64,
+    /// The offer's category is among the customer's top categories.
+    affine: bool,
+}
+
+impl Candidate<'_> {
+    fn ranked(self, exploration: &str, segment: &str) -> RankedOffer {
+        let o = &self.offer.offer;
+        let mut reason = format!(
+            "p_accept {:.4} ({exploration} of Beta({}, {}) for {segment}) × value {:.2} − cost {:.2}",
+            self.p_accept, self.posterior.alpha, self.posterior.beta, o.value, o.cost,
+        );
+        if self.affine {
+            reason.push_str(&format!(
+                " + affinity {:.2} (top category)",
+                self.affinity_boost
+            ));
+        }
+        RankedOffer {
+            offer_id: o.id.clone(),
+            name: o.name.clone(),
+            score: self.score,
+            p_accept: self.p_accept,
+            value: o.value,
+            cost: o.cost,
+            affinity_boost: self.affinity_boost,
+            category: o.category.clone(),
+            holdout: false,
+            reason,
+        }
+    }
 }
 
 #[cfg(test)]

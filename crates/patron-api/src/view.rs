@@ -7,7 +7,10 @@
 //! (at least 1 s). Building one is a full scan, so only one request builds at a time; while it
 //! does, the others keep answering from the previous view.
 //!
-//! Profiles still read their state from a fresh read snapshot; only the ranking they are scored
+//! A view is only rebuilt when the store has changed since (or when scores run on the wall
+//! clock), so an idle store is never rescanned.
+//!
+//! Profiles still read their state from the latest committed snapshot; only the ranking they are scored
 //! against may be up to one refresh interval old (the contract allows a streaming
 //! approximation of the ranks).
 
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
 use patron_core::clv::ClvOptions;
-use patron_core::config::PatronConfig;
+use patron_core::config::{Clock, PatronConfig};
 use patron_core::money::Money;
 use patron_core::rfm::{PROSPECT, RfmDistribution, RfmMap};
 use patron_core::time::{Millis, now_millis};
@@ -45,11 +48,14 @@ pub struct View {
     pub kpis: KpiSet,
     /// Wall-clock time the view was built, the KPIs' `computed_at`.
     pub computed_at: Millis,
+    /// The store's generation when the build started ([`Store::generation`]).
+    pub generation: u64,
 }
 
 impl View {
     pub fn build(store: &Store, config: &PatronConfig) -> Result<Self, ApiError> {
         let started = Instant::now();
+        let generation = store.generation();
         let model = load_model(store).map_err(ApiError::internal)?;
         let clv_options = model.as_ref().map(|m| m.options(&config.clv));
         let mut opts = SnapshotOptions::from_config(config);
@@ -77,6 +83,7 @@ impl View {
             predicates,
             built: Instant::now(),
             build_time: started.elapsed(),
+            generation,
         })
     }
 
@@ -128,7 +135,12 @@ impl ViewCache {
         self.current.read().expect("view lock").clone()
     }
 
-    fn is_stale(view: &View, config: &PatronConfig) -> bool {
+    /// Whether `view` is due for a rebuild: it is older than the refresh interval, and the store
+    /// has had a commit since (or scores are against the wall clock, which moves on its own).
+    fn is_stale(view: &View, store: &Store, config: &PatronConfig) -> bool {
+        if config.scoring.clock == Clock::Event && store.generation() == view.generation {
+            return false;
+        }
         let max_age = config
             .kpi
             .refresh_interval
@@ -150,7 +162,7 @@ impl ViewCache {
     ) -> Result<Arc<View>, ApiError> {
         match self.current() {
             Some(v) => {
-                if Self::is_stale(&v, config)
+                if Self::is_stale(&v, store, config)
                     && let Ok(guard) = self.building.clone().try_lock_owned()
                 {
                     let (slot, store, config) =
@@ -177,7 +189,7 @@ impl ViewCache {
         config: &Arc<PatronConfig>,
     ) -> Result<Arc<View>, ApiError> {
         let _guard = self.building.lock().await;
-        if let Some(v) = self.current().filter(|v| !Self::is_stale(v, config)) {
+        if let Some(v) = self.current().filter(|v| !Self::is_stale(v, store, config)) {
             return Ok(v);
         }
         let view = build(store.clone(), config.clone()).await?;

@@ -281,7 +281,7 @@ impl CustomerState {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(&serde_json::Value::String(t.key.clone()).to_string());
+            out.push_str(&serde_json::to_string(&t.key).unwrap_or_default());
             out.push(':');
             out.push_str(&t.json);
         }

@@ -11,6 +11,10 @@ use datafusion::arrow::datatypes::{
     DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimestampMillisecondType,
 };
 use datafusion::common::DFSchema;
+use datafusion::common::tree_node::TreeNode;
+use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::prelude::SessionContext;
 use patron_core::clv::{ClvModel, ClvOptions};
 use patron_core::config::{Clock, PatronConfig, SegmentConfig};
@@ -66,7 +70,14 @@ pub struct Snapshot {
     pub population: PopulationStats,
 }
 
+/// The `customers` table's schema (built once; every caller shares it).
 pub fn customers_schema() -> SchemaRef {
+    static SCHEMA: std::sync::LazyLock<SchemaRef> =
+        std::sync::LazyLock::new(build_customers_schema);
+    SCHEMA.clone()
+}
+
+fn build_customers_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("customer_id", DataType::Utf8, false),
         Field::new("first_purchase", timestamp_type(), true),
@@ -323,6 +334,25 @@ impl CompiledPredicate {
         let expr = ctx
             .parse_sql_expr(sql, &df_schema)
             .map_err(|e| e.to_string())?;
+        // Coerce and fold constants once (`monetary > 500` compares with 500.0, not with a cast
+        // made on every evaluation). Not for expressions that call functions: folding would
+        // freeze `now()` at compile time.
+        let calls_functions = expr
+            .exists(|e| Ok(matches!(e, Expr::ScalarFunction(_))))
+            .map_err(|e| e.to_string())?;
+        let expr = if calls_functions {
+            expr
+        } else {
+            let simplifier = ExprSimplifier::new(
+                SimplifyContext::builder()
+                    .with_schema(Arc::new(df_schema.clone()))
+                    .build(),
+            );
+            let coerced = simplifier
+                .coerce(expr, &df_schema)
+                .map_err(|e| e.to_string())?;
+            simplifier.simplify(coerced).map_err(|e| e.to_string())?
+        };
         let phys = ctx
             .create_physical_expr(expr, &df_schema)
             .map_err(|e| e.to_string())?;

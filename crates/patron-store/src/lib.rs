@@ -3,6 +3,8 @@
 //!
 //! The store is synchronous. One writer (the pipeline's writer thread) commits [`Checkpoint`]s;
 //! any number of readers open MVCC read snapshots through [`StoreReader`] without waiting on it.
+//! Point reads that only need the latest committed state share one snapshot
+//! ([`Store::snapshot`]), replaced after each commit, instead of opening their own.
 //! The table layout, key encoding and invariants are in `docs/STATE_FORMAT.md`.
 //!
 //! Layout:
@@ -22,7 +24,8 @@ pub mod scan;
 pub mod tables;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use redb::ReadableDatabase;
 
@@ -72,6 +75,19 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct Store {
     db: Arc<redb::Database>,
     path: PathBuf,
+    latest: Arc<Latest>,
+}
+
+/// The latest committed state, as a shared read snapshot.
+///
+/// Opening a snapshot (a read transaction and its tables) costs more than the point read a
+/// request makes, so requests share one until the next commit. A commit drops it, so a snapshot
+/// never pins old pages longer than the requests still using it.
+#[derive(Default)]
+struct Latest {
+    /// Bumped by every commit that changes customer state, counters or models.
+    generation: AtomicU64,
+    snapshot: RwLock<Option<Arc<StoreReader>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -94,6 +110,7 @@ impl Store {
         let store = Self {
             db: Arc::new(db),
             path,
+            latest: Arc::default(),
         };
         tables::initialise(&store.db, &store.path)?;
         Ok(store)
@@ -114,14 +131,50 @@ impl Store {
         &self.path
     }
 
-    /// A consistent read snapshot. Never waits on the writer.
+    /// A consistent read snapshot of its own. Never waits on the writer.
     pub fn reader(&self) -> Result<StoreReader> {
         StoreReader::new(self.db.begin_read()?)
     }
 
+    /// A snapshot of the latest committed state, shared with other callers until the next
+    /// commit. Never waits on the writer; the first caller after a commit opens it.
+    pub fn snapshot(&self) -> Result<Arc<StoreReader>> {
+        let slot = &self.latest.snapshot;
+        if let Some(s) = slot.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            return Ok(s.clone());
+        }
+        // Read the generation before opening: if a commit lands in between, the snapshot is
+        // dropped again by it, never kept past it.
+        let generation = self.generation();
+        let fresh = Arc::new(self.reader()?);
+        let mut current = slot.write().unwrap_or_else(|e| e.into_inner());
+        if current.is_none() && self.generation() == generation {
+            *current = Some(fresh.clone());
+        }
+        Ok(fresh)
+    }
+
+    /// How many commits have changed customer state, counters or models since the store was
+    /// opened: equal generations mean equal data.
+    pub fn generation(&self) -> u64 {
+        self.latest.generation.load(Ordering::Acquire)
+    }
+
+    /// After a commit: the shared snapshot is out of date.
+    fn committed(&self) {
+        self.latest.generation.fetch_add(1, Ordering::AcqRel);
+        *self
+            .latest
+            .snapshot
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     /// Commits one checkpoint in one durable write transaction.
     pub fn commit(&self, checkpoint: &Checkpoint) -> Result<()> {
-        checkpoint::commit(&self.db, checkpoint)
+        checkpoint::commit(&self.db, checkpoint)?;
+        self.committed();
+        Ok(())
     }
 
     /// Writes one named singleton (a fitted model) in its own transaction.
@@ -132,11 +185,55 @@ impl Store {
             meta.insert(key, value)?;
         }
         txn.commit()?;
+        self.committed();
         Ok(())
     }
 
     /// Bytes the file occupies on disk.
     pub fn file_size(&self) -> u64 {
         std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use patron_core::state::CustomerState;
+
+    fn upsert(store: &Store, id: &str, frequency: u32) {
+        let state = CustomerState {
+            frequency,
+            ..CustomerState::default()
+        };
+        let cp = Checkpoint {
+            profiles: vec![ProfileWrite::upsert(id, 0, &state)],
+            ..Checkpoint::default()
+        };
+        store.commit(&cp).unwrap();
+    }
+
+    #[test]
+    fn the_shared_snapshot_lasts_until_the_next_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb")).unwrap();
+        upsert(&store, "c1", 1);
+        let g1 = store.generation();
+        let a = store.snapshot().unwrap();
+        let b = store.snapshot().unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "no commit in between: one snapshot");
+        assert_eq!(a.profile("c1").unwrap().unwrap().state.frequency, 1);
+
+        upsert(&store, "c1", 2);
+        assert_eq!(store.generation(), g1 + 1);
+        let c = store.snapshot().unwrap();
+        assert!(!Arc::ptr_eq(&a, &c), "a commit replaces the snapshot");
+        assert_eq!(c.profile("c1").unwrap().unwrap().state.frequency, 2);
+        // Holders of the old snapshot keep reading what it held.
+        assert_eq!(a.profile("c1").unwrap().unwrap().state.frequency, 1);
+
+        store.put_meta("model", b"x").unwrap();
+        assert_eq!(store.generation(), g1 + 2, "a model write is a change too");
+        store.put_kpi_snapshot(1, b"{}").unwrap();
+        assert_eq!(store.generation(), g1 + 2, "a KPI snapshot is not");
     }
 }

@@ -6,7 +6,7 @@ use patron_core::time::Millis;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use crate::tables::{OFFER_CATALOG, OFFER_CONTACTS};
+use crate::tables::OFFER_CATALOG;
 use crate::{Result, Store, codec};
 
 /// Impressions kept per (customer, offer): enough for any sane `max_impressions`.
@@ -118,6 +118,7 @@ impl Store {
             }
         }
         txn.commit()?;
+        self.committed();
         Ok(())
     }
 }
@@ -150,7 +151,9 @@ impl Store {
 impl crate::StoreReader {
     /// The contact history of `customer` with `offer`.
     pub fn contact(&self, customer: &str, offer: &str) -> Result<Option<ContactRecord>> {
-        let table = self.txn.open_table(OFFER_CONTACTS)?;
+        let Some(table) = &self.offer_contacts else {
+            return Ok(None);
+        };
         match table.get((customer, offer))? {
             Some(v) => Ok(Some(codec::decode(
                 "offer_contacts",
@@ -163,8 +166,10 @@ impl crate::StoreReader {
 
     /// Every contact record of `customer`, by offer id.
     pub fn contacts_of(&self, customer: &str) -> Result<Vec<(String, ContactRecord)>> {
-        let table = self.txn.open_table(OFFER_CONTACTS)?;
         let mut out = Vec::new();
+        let Some(table) = &self.offer_contacts else {
+            return Ok(out);
+        };
         for entry in table.range((customer, "")..)? {
             let (k, v) = entry?;
             let (c, offer) = k.value();
@@ -181,8 +186,10 @@ impl crate::StoreReader {
 
     /// Every (customer, offer) pair with at least one recorded impression.
     pub fn shown_pairs(&self) -> Result<Vec<(String, String)>> {
-        let table = self.txn.open_table(OFFER_CONTACTS)?;
         let mut out = Vec::new();
+        let Some(table) = &self.offer_contacts else {
+            return Ok(out);
+        };
         for entry in table.iter()? {
             let (k, v) = entry?;
             let (customer, offer) = k.value();
@@ -197,7 +204,9 @@ impl crate::StoreReader {
 
     /// The counts of one (offer, segment) arm.
     pub fn offer_counts(&self, offer: &str, segment: &str) -> Result<Option<OfferCounts>> {
-        let table = self.txn.open_table(crate::tables::OFFER_STATS)?;
+        let Some(table) = &self.offer_stats else {
+            return Ok(None);
+        };
         match table.get((offer, segment))? {
             Some(v) => Ok(Some(codec::decode(
                 "offer_stats",
@@ -210,8 +219,10 @@ impl crate::StoreReader {
 
     /// Every arm's counts: (offer id, segment, counts), in key order.
     pub fn all_offer_counts(&self) -> Result<Vec<(String, String, OfferCounts)>> {
-        let table = self.txn.open_table(crate::tables::OFFER_STATS)?;
         let mut out = Vec::new();
+        let Some(table) = &self.offer_stats else {
+            return Ok(out);
+        };
         for entry in table.iter()? {
             let (k, v) = entry?;
             let (offer, segment) = k.value();

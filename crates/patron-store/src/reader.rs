@@ -27,6 +27,25 @@ pub struct StoreReader {
     pub(crate) txn: ReadTransaction,
     customers: ReadOnlyTable<&'static str, &'static [u8]>,
     aliases: ReadOnlyTable<&'static str, &'static str>,
+    meta: ReadOnlyTable<&'static str, &'static [u8]>,
+    /// `None` in a store written before offers existed.
+    pub(crate) offer_contacts: Option<PairTable>,
+    pub(crate) offer_stats: Option<PairTable>,
+}
+
+/// A table keyed by two strings (customer and offer, offer and segment).
+pub(crate) type PairTable = ReadOnlyTable<(&'static str, &'static str), &'static [u8]>;
+
+/// Opens `table`, or `None` when the store predates it.
+fn open_optional(
+    txn: &ReadTransaction,
+    table: redb::TableDefinition<'static, (&'static str, &'static str), &'static [u8]>,
+) -> Result<Option<PairTable>> {
+    match txn.open_table(table) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Alias chains are short in practice; the bound only stops a corrupt cycle.
@@ -34,12 +53,13 @@ const MAX_ALIAS_HOPS: usize = 32;
 
 impl StoreReader {
     pub(crate) fn new(txn: ReadTransaction) -> Result<Self> {
-        let customers = txn.open_table(CUSTOMERS)?;
-        let aliases = txn.open_table(ALIASES)?;
         Ok(Self {
+            customers: txn.open_table(CUSTOMERS)?,
+            aliases: txn.open_table(ALIASES)?,
+            meta: txn.open_table(META)?,
+            offer_contacts: open_optional(&txn, OFFER_CONTACTS)?,
+            offer_stats: open_optional(&txn, OFFER_STATS)?,
             txn,
-            customers,
-            aliases,
         })
     }
 
@@ -63,8 +83,7 @@ impl StoreReader {
 
     /// The profile stored under exactly `id`, without alias resolution.
     pub fn profile_exact(&self, id: &str) -> Result<Option<StoredProfile>> {
-        let customers = self.txn.open_table(CUSTOMERS)?;
-        let Some(v) = customers.get(id)? else {
+        let Some(v) = self.customers.get(id)? else {
             return Ok(None);
         };
         let (scope, state) = codec::decode_profile(id, v.value())?;
@@ -93,11 +112,11 @@ impl StoreReader {
 
     /// Profiles with id greater than `after`, at most `limit` of them, for cursor paging.
     pub fn profiles_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<StoredProfile>> {
-        let customers = self.txn.open_table(CUSTOMERS)?;
         let iter = match after {
-            Some(a) => customers
+            Some(a) => self
+                .customers
                 .range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))?,
-            None => customers.iter()?,
+            None => self.customers.iter()?,
         };
         let mut out = Vec::new();
         for entry in iter.take(limit) {
@@ -124,16 +143,14 @@ impl StoreReader {
     }
 
     pub fn counters(&self) -> Result<StoreCounters> {
-        let meta = self.txn.open_table(META)?;
-        match meta.get(META_COUNTERS)? {
+        match self.meta.get(META_COUNTERS)? {
             Some(v) => codec::decode("meta", META_COUNTERS, v.value()),
             None => Ok(StoreCounters::default()),
         }
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let meta = self.txn.open_table(META)?;
-        Ok(meta.get(key)?.map(|v| v.value().to_vec()))
+        Ok(self.meta.get(key)?.map(|v| v.value().to_vec()))
     }
 
     pub fn positions(&self) -> Result<Vec<SourcePosition>> {
