@@ -155,11 +155,7 @@ impl crate::StoreReader {
             return Ok(None);
         };
         match table.get((customer, offer))? {
-            Some(v) => Ok(Some(codec::decode(
-                "offer_contacts",
-                &format!("{customer}/{offer}"),
-                v.value(),
-            )?)),
+            Some(v) => Ok(Some(codec::decode_pair("offer_contacts", (customer, offer), v.value())?)),
             None => Ok(None),
         }
     }
@@ -178,7 +174,7 @@ impl crate::StoreReader {
             }
             out.push((
                 offer.to_owned(),
-                codec::decode("offer_contacts", &format!("{c}/{offer}"), v.value())?,
+                codec::decode_pair("offer_contacts", (c, offer), v.value())?,
             ));
         }
         Ok(out)
@@ -194,7 +190,7 @@ impl crate::StoreReader {
             let (k, v) = entry?;
             let (customer, offer) = k.value();
             let record: ContactRecord =
-                codec::decode("offer_contacts", &format!("{customer}/{offer}"), v.value())?;
+                codec::decode_pair("offer_contacts", (customer, offer), v.value())?;
             if !record.shown.is_empty() {
                 out.push((customer.to_owned(), offer.to_owned()));
             }
@@ -208,11 +204,7 @@ impl crate::StoreReader {
             return Ok(None);
         };
         match table.get((offer, segment))? {
-            Some(v) => Ok(Some(codec::decode(
-                "offer_stats",
-                &format!("{offer}/{segment}"),
-                v.value(),
-            )?)),
+            Some(v) => Ok(Some(codec::decode_pair("offer_stats", (offer, segment), v.value())?)),
             None => Ok(None),
         }
     }
@@ -229,7 +221,7 @@ impl crate::StoreReader {
             out.push((
                 offer.to_owned(),
                 segment.to_owned(),
-                codec::decode("offer_stats", &format!("{offer}/{segment}"), v.value())?,
+                codec::decode_pair("offer_stats", (offer, segment), v.value())?,
             ));
         }
         Ok(out)
