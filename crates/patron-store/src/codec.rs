@@ -42,7 +42,7 @@ pub fn decode<'a, T: Deserialize<'a>>(
     postcard::from_bytes(bytes).map_err(|e| corrupt(table, key, e))
 }
 
-pub(crate) /// [`decode`] for a table keyed by two strings; the key is only spelled out on error.
+/// [`decode`] for a table keyed by two strings; the key is only spelled out on error.
 pub fn decode_pair<'a, T: Deserialize<'a>>(
     table: &'static str,
     (a, b): (&str, &str),
@@ -51,7 +51,7 @@ pub fn decode_pair<'a, T: Deserialize<'a>>(
     postcard::from_bytes(bytes).map_err(|e| corrupt(table, &format!("{a}/{b}"), e))
 }
 
-fn corrupt(table: &'static str, key: &str, e: postcard::Error) -> StoreError {
+pub(crate) fn corrupt(table: &'static str, key: &str, e: postcard::Error) -> StoreError {
     StoreError::Corrupt {
         table,
         key: key.to_owned(),

@@ -155,7 +155,11 @@ impl crate::StoreReader {
             return Ok(None);
         };
         match table.get((customer, offer))? {
-            Some(v) => Ok(Some(codec::decode_pair("offer_contacts", (customer, offer), v.value())?)),
+            Some(v) => Ok(Some(codec::decode_pair(
+                "offer_contacts",
+                (customer, offer),
+                v.value(),
+            )?)),
             None => Ok(None),
         }
     }
@@ -204,7 +208,11 @@ impl crate::StoreReader {
             return Ok(None);
         };
         match table.get((offer, segment))? {
-            Some(v) => Ok(Some(codec::decode_pair("offer_stats", (offer, segment), v.value())?)),
+            Some(v) => Ok(Some(codec::decode_pair(
+                "offer_stats",
+                (offer, segment),
+                v.value(),
+            )?)),
             None => Ok(None),
         }
     }
