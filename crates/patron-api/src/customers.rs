@@ -9,8 +9,10 @@ use arrow::array::{
     StringBuilder, TimestampMillisecondArray, UInt8Array,
 };
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use patron_core::config::{Clock, PatronConfig, Role};
 use patron_core::rfm::PROSPECT;
 use patron_core::state::CustomerState;
@@ -20,6 +22,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::error::ErrorBody;
+use crate::profile_cache::Tag;
 use crate::view::View;
 use crate::{ApiError, ApiState};
 
@@ -93,9 +96,18 @@ pub async fn get_customer(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<Profile>, ApiError> {
+) -> Result<Response, ApiError> {
     state.auth.require(&headers, Role::Reader)?;
-    let found = lookup(&state, &id).await?;
+    let view = state.views.get(&state.store, &state.config).await?;
+    let reader = state.store.snapshot().map_err(ApiError::internal)?;
+    let tag = Tag {
+        generation: reader.generation(),
+        view: view.id,
+    };
+    if let Some(body) = state.profiles.get(&id, tag) {
+        return Ok(json_body(body));
+    }
+    let found = find(&state, view, reader, &id)?;
     let mut p = profile(
         &found.view,
         &state.config,
@@ -104,11 +116,25 @@ pub async fn get_customer(
         &found.stored.state,
         found.as_of,
     )?;
-    if state.store.generation() == found.view.generation {
+    if tag.generation == found.view.generation {
         // Nothing was committed since the ranking was computed: it is current.
         p.staleness_seconds = 0.0;
     }
-    Ok(Json(p))
+    let body = Bytes::from(serde_json::to_vec(&p).map_err(ApiError::internal)?);
+    state.profiles.insert(&id, tag, body.clone());
+    Ok(json_body(body))
+}
+
+/// A 200 with a JSON body already serialized.
+fn json_body(body: Bytes) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// A customer's committed state, the view to score it against, and the clock.
@@ -125,6 +151,16 @@ pub(crate) async fn lookup(state: &ApiState, id: &str) -> Result<Found, ApiError
     let view = state.views.get(&state.store, &state.config).await?;
     // A point read on the latest committed MVCC snapshot: never waits on the writer.
     let reader = state.store.snapshot().map_err(ApiError::internal)?;
+    find(state, view, reader, id)
+}
+
+/// [`lookup`] on a view and snapshot already in hand.
+fn find(
+    state: &ApiState,
+    view: Arc<View>,
+    reader: Arc<patron_store::StoreReader>,
+    id: &str,
+) -> Result<Found, ApiError> {
     let stored = reader.profile(id).map_err(ApiError::internal)?;
     let Some(stored) = stored else {
         return Err(ApiError::not_found(format!("no customer `{id}`")));

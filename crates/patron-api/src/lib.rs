@@ -31,6 +31,7 @@ pub mod kpis;
 pub mod model;
 pub mod offers;
 pub mod openapi;
+pub mod profile_cache;
 pub mod query;
 pub mod routes;
 pub mod segments;
@@ -68,6 +69,8 @@ pub struct ApiState {
     pub intake: Option<Arc<IntakeProducer>>,
     /// The compiled offer catalog.
     pub offers: offers::OfferBook,
+    /// Serialized profiles of hot customers (`[api] profile_cache_mb`).
+    pub profiles: profile_cache::ProfileCache,
 }
 
 impl ApiState {
@@ -92,6 +95,7 @@ impl ApiState {
             decoder: Decoder::default(),
             intake: None,
             offers: offers::OfferBook::default(),
+            profiles: profile_cache::ProfileCache::new(0),
         }
     }
 
@@ -99,6 +103,7 @@ impl ApiState {
     /// `[engagement]`, `[kpi] refresh_interval`, `[api] max_body_bytes`).
     pub fn with_config(mut self, config: Arc<PatronConfig>) -> Self {
         self.decoder = Decoder::from_config(&config);
+        self.profiles = profile_cache::ProfileCache::for_config(&config);
         self.config = config;
         self.views = view::ViewCache::default();
         self

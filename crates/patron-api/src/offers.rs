@@ -581,6 +581,12 @@ pub async fn decide(
     Ok(Json(decision))
 }
 
+/// `x` rounded to `digits` decimals.
+fn rounded(x: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (x * scale).round() / scale
+}
+
 /// An offer that passed every check, scored.
 struct Candidate<'a> {
     offer: &'a CompiledOffer,
@@ -595,14 +601,20 @@ struct Candidate<'a> {
 impl Candidate<'_> {
     fn ranked(self, exploration: &str, segment: &str) -> RankedOffer {
         let o = &self.offer.offer;
+        // Rounded, then printed shortest: fixed-precision float formatting costs more than the
+        // rest of the decision.
         let mut reason = format!(
-            "p_accept {:.4} ({exploration} of Beta({}, {}) for {segment}) × value {:.2} − cost {:.2}",
-            self.p_accept, self.posterior.alpha, self.posterior.beta, o.value, o.cost,
+            "p_accept {} ({exploration} of Beta({}, {}) for {segment}) × value {} − cost {}",
+            rounded(self.p_accept, 4),
+            self.posterior.alpha,
+            self.posterior.beta,
+            rounded(o.value, 2),
+            rounded(o.cost, 2),
         );
         if self.affine {
             reason.push_str(&format!(
-                " + affinity {:.2} (top category)",
-                self.affinity_boost
+                " + affinity {} (top category)",
+                rounded(self.affinity_boost, 2)
             ));
         }
         RankedOffer {

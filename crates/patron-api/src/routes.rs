@@ -106,7 +106,7 @@ pub async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
 /// Ingest status: per-partition offsets and lag, counts, as_of; and HTTP latency per route.
 #[utoipa::path(get, path = "/v1/status", tag = "operations",
     responses(
-        (status = 200, description = "the ingest status report, plus `http`: latency quantiles and counts per route", body = Object),
+        (status = 200, description = "the ingest status report, plus `http` (latency quantiles and counts per route), `erasures` and `profile_cache` (hits, misses, entries, bytes)", body = Object),
         (status = 401, description = "missing or unknown key", body = ErrorBody),
         (status = 403, description = "the key's role is not reader or above", body = ErrorBody),
     ),
@@ -130,6 +130,10 @@ pub async fn status(
         obj.insert(
             "erasures".into(),
             serde_json::to_value(erasures).map_err(ApiError::internal)?,
+        );
+        obj.insert(
+            "profile_cache".into(),
+            serde_json::to_value(state.profiles.stats()).map_err(ApiError::internal)?,
         );
     }
     Ok(Json(report))

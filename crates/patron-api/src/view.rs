@@ -50,7 +50,11 @@ pub struct View {
     pub computed_at: Millis,
     /// The store's generation when the build started ([`Store::generation`]).
     pub generation: u64,
+    /// Unique per build in this process (cached profiles name the view they were scored on).
+    pub id: u64,
 }
+
+static NEXT_VIEW_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl View {
     pub fn build(store: &Store, config: &PatronConfig) -> Result<Self, ApiError> {
@@ -84,6 +88,7 @@ impl View {
             built: Instant::now(),
             build_time: started.elapsed(),
             generation,
+            id: NEXT_VIEW_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 

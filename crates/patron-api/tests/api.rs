@@ -65,6 +65,7 @@ fn events() -> Vec<Value> {
 struct Fixture {
     _dir: tempfile::TempDir,
     app: Router,
+    store: patron_store::Store,
 }
 
 fn fixture_with(cfg: PatronConfig, events: &[Value], limits: QueryLimits) -> Fixture {
@@ -76,7 +77,8 @@ fn fixture_from(cfg: PatronConfig, payloads: &[Vec<u8>], limits: QueryLimits) ->
     let (dir, store) = common::store_with(&cfg, payloads);
     Fixture {
         _dir: dir,
-        app: common::app(store, cfg, limits),
+        app: common::app(store.clone(), cfg, limits),
+        store,
     }
 }
 
@@ -188,6 +190,47 @@ async fn profile_has_state_scores_segments_and_aliases() {
     assert_eq!(d["rfm_segment"], "Prospect");
     assert_eq!(d["frequency"], 0);
     assert_eq!(d["r_score"], Value::Null);
+}
+
+#[tokio::test]
+async fn cached_profiles_follow_every_commit() {
+    let f = fixture();
+    async fn get(app: &Router, id: &str) -> (StatusCode, Value) {
+        call(
+            app,
+            Method::GET,
+            &format!("/v1/customers/{id}"),
+            Some(READER),
+            None,
+        )
+        .await
+    }
+    let (status, first) = get(&f.app, "alice").await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let (_, again) = get(&f.app, "alice").await;
+    assert_eq!(first, again);
+    let (_, report) = call(&f.app, Method::GET, "/v1/status", Some(READER), None).await;
+    assert!(
+        report["profile_cache"]["enabled"].as_bool().unwrap(),
+        "{report}"
+    );
+    assert!(
+        report["profile_cache"]["hits"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+
+    // A fourth purchase of 70 under alice's alias, committed after alice's profile was cached.
+    let later = json!({"event_id": "e12", "type": "purchase", "ts": "2026-03-11T12:00:00Z",
+                       "customer_id": "anon-1", "amount": 70});
+    common::apply(&f.store, &config(), &[later.to_string().into_bytes()]);
+    for id in ["alice", "anon-1"] {
+        let (status, p) = get(&f.app, id).await;
+        assert_eq!(status, StatusCode::OK, "{p}");
+        assert_eq!(p["frequency"], 4, "{id}: {p}");
+        assert_eq!(p["monetary"], 250.0, "{id}: {p}");
+        assert_eq!(p["last_purchase"], "2026-03-11T12:00:00Z", "{id}: {p}");
+        assert_eq!(p["as_of"], "2026-03-11T12:00:00Z", "{id}: {p}");
+    }
 }
 
 #[tokio::test]

@@ -255,6 +255,9 @@ pub struct ApiConfig {
     /// A request still running after this gets 503 `timeout` (SQL has its own, shorter limit).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Memory for serialized profiles of hot customers, in MiB (0: no cache). Entries are only
+    /// answered while the store and the scoring view are the ones they were made from.
+    pub profile_cache_mb: u64,
     pub metrics_key: Option<String>,
     pub keys: Vec<ApiKeyConfig>,
 }
@@ -266,6 +269,7 @@ impl Default for ApiConfig {
             max_body_bytes: 1024 * 1024,
             max_batch: 1000,
             request_timeout: Duration::from_secs(30),
+            profile_cache_mb: 64,
             metrics_key: None,
             keys: Vec::new(),
         }

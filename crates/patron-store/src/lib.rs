@@ -133,7 +133,9 @@ impl Store {
 
     /// A consistent read snapshot of its own. Never waits on the writer.
     pub fn reader(&self) -> Result<StoreReader> {
-        StoreReader::new(self.db.begin_read()?)
+        // Read before opening: the snapshot holds at least this generation's commits.
+        let generation = self.generation();
+        StoreReader::new(self.db.begin_read()?, generation)
     }
 
     /// A snapshot of the latest committed state, shared with other callers until the next
@@ -143,12 +145,11 @@ impl Store {
         if let Some(s) = slot.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
             return Ok(s.clone());
         }
-        // Read the generation before opening: if a commit lands in between, the snapshot is
-        // dropped again by it, never kept past it.
-        let generation = self.generation();
         let fresh = Arc::new(self.reader()?);
         let mut current = slot.write().unwrap_or_else(|e| e.into_inner());
-        if current.is_none() && self.generation() == generation {
+        // Kept only if no commit landed since it was opened (a commit drops the slot after
+        // bumping the generation, so a snapshot is never kept past one).
+        if current.is_none() && self.generation() == fresh.generation() {
             *current = Some(fresh.clone());
         }
         Ok(fresh)

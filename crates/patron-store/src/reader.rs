@@ -25,6 +25,9 @@ pub struct StoredProfile {
 /// lookup, and the writer's cache misses and the API's point reads do many lookups each.
 pub struct StoreReader {
     pub(crate) txn: ReadTransaction,
+    /// The store's generation when the snapshot was opened: it holds at least every commit up
+    /// to that generation.
+    generation: u64,
     customers: ReadOnlyTable<&'static str, &'static [u8]>,
     aliases: ReadOnlyTable<&'static str, &'static str>,
     meta: ReadOnlyTable<&'static str, &'static [u8]>,
@@ -52,8 +55,9 @@ fn open_optional(
 const MAX_ALIAS_HOPS: usize = 32;
 
 impl StoreReader {
-    pub(crate) fn new(txn: ReadTransaction) -> Result<Self> {
+    pub(crate) fn new(txn: ReadTransaction, generation: u64) -> Result<Self> {
         Ok(Self {
+            generation,
             customers: txn.open_table(CUSTOMERS)?,
             aliases: txn.open_table(ALIASES)?,
             meta: txn.open_table(META)?,
@@ -61,6 +65,11 @@ impl StoreReader {
             offer_stats: open_optional(&txn, OFFER_STATS)?,
             txn,
         })
+    }
+
+    /// See [`crate::Store::generation`]: equal generations, equal data.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The canonical id `id` resolves to through the alias table (itself when not an alias).

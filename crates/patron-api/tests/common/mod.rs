@@ -20,6 +20,12 @@ use tower::ServiceExt;
 pub(crate) fn store_with(cfg: &PatronConfig, payloads: &[Vec<u8>]) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("t.redb")).unwrap();
+    apply(&store, cfg, payloads);
+    (dir, store)
+}
+
+/// Applies `payloads` in order to `store` and commits them in one checkpoint.
+pub(crate) fn apply(store: &Store, cfg: &PatronConfig, payloads: &[Vec<u8>]) {
     let mut applier = Applier::open(store.clone(), ApplyContext::from_config(cfg)).unwrap();
     let decoder = Decoder::from_config(cfg);
     for bytes in payloads {
@@ -27,7 +33,6 @@ pub(crate) fn store_with(cfg: &PatronConfig, payloads: &[Vec<u8>]) -> (tempfile:
         applier.apply(&event, 0).unwrap();
     }
     applier.checkpoint().unwrap();
-    (dir, store)
 }
 
 /// The API over `store`, with `cfg`'s keys and settings.
