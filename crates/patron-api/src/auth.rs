@@ -28,7 +28,10 @@ pub struct Auth {
 /// that matched a configured hash gets in, so there is at most one entry per configured key.
 /// Its `Debug` shows only the count: keys are never logged.
 #[derive(Clone, Default)]
-struct Verified(Arc<RwLock<Vec<(Box<[u8]>, Role)>>>);
+struct Verified(Arc<RwLock<Vec<VerifiedKey>>>);
+
+/// A presented key, byte for byte, with the role its configured hash grants.
+type VerifiedKey = (Box<[u8]>, Role);
 
 impl std::fmt::Debug for Verified {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
