@@ -14,6 +14,7 @@
 #   benches/api_latency.sh                        # 1M customers, 32 connections, 2 client threads
 #   ENDPOINT=offers benches/api_latency.sh        # GET /v1/customers/{id}/offers?channel=web&limit=3
 #   CUSTOMERS=100000 SECONDS_PER_PHASE=5 benches/api_latency.sh   # quick
+#   HOT_SHARE=0 benches/api_latency.sh           # every id uniform over all customers (all cold)
 #   SKIP_BUILD=1 benches/api_latency.sh           # use the binaries already built
 #   (PATRON_BIN, LOAD_BIN: run these executables instead)
 #
@@ -33,6 +34,7 @@ THREADS=${THREADS:-2}
 SECONDS_PER_PHASE=${SECONDS_PER_PHASE:-15}
 PORT=${PORT:-18080}
 WAIT_REFIT=${WAIT_REFIT:-1}
+HOT_SHARE=${HOT_SHARE:-0.8}
 TARGET=${CARGO_TARGET_DIR:-target}
 BIN=${PATRON_BIN:-$TARGET/release/patron}
 CACHE=out/bench
@@ -118,7 +120,12 @@ if [ -n "${REFRESH_INTERVAL:-}" ]; then
     printf '[kpi]\nrefresh_interval = "%s"\n' "$REFRESH_INTERVAL" >> "$WORK/api.toml"
 fi
 
-"$BIN" serve --config "$WORK/api.toml" --store "$STORE" --log info \
+# SERVER_CPUS / CLIENT_CPUS (taskset lists, e.g. 1 and 0) pin the server and the load client
+# to separate cores, to see the server without the client's contention (diagnostic).
+SERVER_PIN=() CLIENT_PIN=()
+[ -z "${SERVER_CPUS:-}" ] || SERVER_PIN=(taskset -c "$SERVER_CPUS")
+[ -z "${CLIENT_CPUS:-}" ] || CLIENT_PIN=(taskset -c "$CLIENT_CPUS")
+"${SERVER_PIN[@]}" "$BIN" serve --config "$WORK/api.toml" --store "$STORE" --log info \
     > "$WORK/serve.out" 2> "$WORK/serve.err" &
 SERVE_PID=$!
 trap 'kill $SERVE_PID 2>/dev/null || true' EXIT
@@ -142,6 +149,16 @@ if [ "$WAIT_REFIT" = 1 ]; then
         [ $(($(date +%s) - STARTED)) -lt 300 ] || { echo "no refit after 300 s" >&2; break; }
         sleep 1
     done
+    # A refit is a commit, so the scoring view is rebuilt (a full scan) once after it: wait for
+    # that rebuild too, or it would slow whichever phase it lands in (the /healthz baseline).
+    # (REFRESH_INTERVAL holds rebuilds back, so there is nothing to wait for then.)
+    if [ -z "${REFRESH_INTERVAL:-}" ] && grep -q 'CLV models refitted' "$WORK/serve.err"; then
+        curl -sf -o /dev/null -H "Authorization: Bearer $KEY" "$URL$PREFIX$FIRST$SUFFIX" || true
+        until [ "$(grep -c 'scoring view built' "$WORK/serve.err")" -ge 2 ]; do
+            [ $(($(date +%s) - STARTED)) -lt 400 ] || { echo "no view rebuild after the refit" >&2; break; }
+            sleep 1
+        done
+    fi
 fi
 RSS_MB=$(( $(ps -o rss= -p $SERVE_PID) / 1024 ))
 
@@ -154,11 +171,12 @@ RSS_MB=$(( $(ps -o rss= -p $SERVE_PID) / 1024 ))
     fi
     echo "endpoint: $ENDPOINT, GET $TEMPLATE ($ROLE key)$([ "$ENDPOINT" != offers ] || echo ", $(grep -c '^\[\[offers.catalog\]\]' "$WORK/api.toml") offers")"
     echo "[kpi] refresh_interval: ${REFRESH_INTERVAL:-default (10s)}"
+    echo "cores: server ${SERVER_CPUS:-any}, client ${CLIENT_CPUS:-any}"
     echo "store: $CUSTOMERS customers, $(du -m "$STORE" | cut -f1) MB; serve RSS before load: $RSS_MB MB"
 } | tee "$WORK/result.txt"
 
-"$LOAD" --url "$URL" --key "$KEY" --ids "$IDS" --path-template "$TEMPLATE" --label "$ENDPOINT" \
-    --connections "$CONNECTIONS" \
+"${CLIENT_PIN[@]}" "$LOAD" --url "$URL" --key "$KEY" --ids "$IDS" --path-template "$TEMPLATE" --label "$ENDPOINT" \
+    --connections "$CONNECTIONS" --hot-share "$HOT_SHARE" \
     --threads "$THREADS" --seconds "$SECONDS_PER_PHASE" --open-seconds "$SECONDS_PER_PHASE" \
     --json "$CACHE/api_latency.jsonl" | tee -a "$WORK/result.txt"
 
@@ -168,17 +186,17 @@ local ids = {}
 for line in io.lines(os.getenv("IDS")) do ids[#ids + 1] = line end
 local hot = math.max(1, math.ceil(#ids * 0.01))
 request = function()
-    local i = math.random() < 0.8 and math.random(hot) or math.random(#ids)
+    local i = math.random() < tonumber(os.getenv("HOT_SHARE")) and math.random(hot) or math.random(#ids)
     return wrk.format("GET", os.getenv("PREFIX") .. ids[i] .. os.getenv("SUFFIX"))
 end
 LUA
     echo "wrk second opinion ($THREADS threads, $CONNECTIONS connections, ${SECONDS_PER_PHASE}s):" | tee -a "$WORK/result.txt"
     for what in healthz "$ENDPOINT"; do
         if [ $what = healthz ]; then
-            out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${SECONDS_PER_PHASE}s" --latency \
+            out=$("${CLIENT_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${SECONDS_PER_PHASE}s" --latency \
                 -H "Authorization: Bearer $KEY" "$URL/healthz")
         else
-            out=$(IDS="$IDS" PREFIX="$PREFIX" SUFFIX="$SUFFIX" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${SECONDS_PER_PHASE}s" --latency \
+            out=$(IDS="$IDS" PREFIX="$PREFIX" SUFFIX="$SUFFIX" HOT_SHARE="$HOT_SHARE" "${CLIENT_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${SECONDS_PER_PHASE}s" --latency \
                 -H "Authorization: Bearer $KEY" -s "$WORK/profile.lua" "$URL")
         fi
         echo "$out" > "$WORK/wrk-$what.txt"
@@ -191,6 +209,10 @@ LUA
     done
 fi
 
+# The profile cache's hits and misses over the whole run (zero with ENDPOINT=offers).
+curl -sf -H "Authorization: Bearer $KEY" "$URL/v1/status" \
+    | python3 -c 'import json,sys; print("profile cache:", json.dumps(json.load(sys.stdin).get("profile_cache")))' \
+    | tee -a "$WORK/result.txt" || true
 echo "serve RSS after load: $(( $(ps -o rss= -p $SERVE_PID) / 1024 )) MB" | tee -a "$WORK/result.txt"
 echo "CLV refits since start (incl. the first): $(grep -c 'CLV models refitted' "$WORK/serve.err" || true)" \
     | tee -a "$WORK/result.txt"

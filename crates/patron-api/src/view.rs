@@ -206,6 +206,17 @@ impl ViewCache {
 async fn build(store: Store, config: Arc<PatronConfig>) -> Result<Arc<View>, ApiError> {
     tokio::task::spawn_blocking(move || {
         let view = View::build(&store, &config)?;
+        tracing::info!(
+            generation = view.generation,
+            customers = view
+                .snapshot
+                .customers
+                .iter()
+                .map(|b| b.num_rows())
+                .sum::<usize>(),
+            build_ms = view.build_time.as_millis() as u64,
+            "scoring view built"
+        );
         // The KPI set of as_of's day, for the history (the last build of a day wins).
         if let Some(as_of) = view.snapshot.as_of {
             let json = serde_json::to_vec(&crate::kpis::KpisResponse::new(
