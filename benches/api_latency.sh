@@ -15,6 +15,7 @@
 #   ENDPOINT=offers benches/api_latency.sh        # GET /v1/customers/{id}/offers?channel=web&limit=3
 #   CUSTOMERS=100000 SECONDS_PER_PHASE=5 benches/api_latency.sh   # quick
 #   HOT_SHARE=0 benches/api_latency.sh           # every id uniform over all customers (all cold)
+#   OPEN_LOAD=0.1 benches/api_latency.sh         # open loop at 10% of the max rate, not 50%
 #   SKIP_BUILD=1 benches/api_latency.sh           # use the binaries already built
 #   (PATRON_BIN, LOAD_BIN: run these executables instead)
 #
@@ -35,6 +36,7 @@ SECONDS_PER_PHASE=${SECONDS_PER_PHASE:-15}
 PORT=${PORT:-18080}
 WAIT_REFIT=${WAIT_REFIT:-1}
 HOT_SHARE=${HOT_SHARE:-0.8}
+OPEN_LOAD=${OPEN_LOAD:-0.5}
 TARGET=${CARGO_TARGET_DIR:-target}
 BIN=${PATRON_BIN:-$TARGET/release/patron}
 CACHE=out/bench
@@ -176,7 +178,7 @@ RSS_MB=$(( $(ps -o rss= -p $SERVE_PID) / 1024 ))
 } | tee "$WORK/result.txt"
 
 "${CLIENT_PIN[@]}" "$LOAD" --url "$URL" --key "$KEY" --ids "$IDS" --path-template "$TEMPLATE" --label "$ENDPOINT" \
-    --connections "$CONNECTIONS" --hot-share "$HOT_SHARE" \
+    --connections "$CONNECTIONS" --hot-share "$HOT_SHARE" --open-load "$OPEN_LOAD" \
     --threads "$THREADS" --seconds "$SECONDS_PER_PHASE" --open-seconds "$SECONDS_PER_PHASE" \
     --json "$CACHE/api_latency.jsonl" | tee -a "$WORK/result.txt"
 

@@ -738,10 +738,15 @@ fn main() {
         "throughput ratio {label} / healthz: {ratio:.3} (target >= 0.6: {})",
         if ratio >= 0.6 { "met" } else { "missed" }
     );
+    // The target is defined at half load; another load is a diagnostic, not a verdict.
+    let verdict = match (args.open_load == 0.5, p99_half <= 1.0) {
+        (false, _) => "the target is at 50%, not judged",
+        (true, true) => "met",
+        (true, false) => "missed",
+    };
     println!(
-        "{label} p99 at {:.0}% of its max rate: {p99_half:.3} ms (target <= 1 ms: {})",
+        "{label} p99 at {:.0}% of its max rate: {p99_half:.3} ms (target <= 1 ms: {verdict})",
         args.open_load * 100.0,
-        if p99_half <= 1.0 { "met" } else { "missed" }
     );
     let mut json = serde_json::json!({
         "bench": "http_load",
