@@ -211,9 +211,12 @@ LUA
     done
 fi
 
-# The profile cache's hits and misses over the whole run (zero with ENDPOINT=offers).
+# The caches' hits and misses over the whole run, and how many decisions read the offer plan.
 curl -sf -H "Authorization: Bearer $KEY" "$URL/v1/status" \
-    | python3 -c 'import json,sys; print("profile cache:", json.dumps(json.load(sys.stdin).get("profile_cache")))' \
+    | python3 -c 'import json,sys
+r = json.load(sys.stdin)
+for name in ("profile_cache", "decision_cache", "offer_decisions"):
+    print(name.replace("_", " ") + ":", json.dumps(r.get(name)))' \
     | tee -a "$WORK/result.txt" || true
 echo "serve RSS after load: $(( $(ps -o rss= -p $SERVE_PID) / 1024 )) MB" | tee -a "$WORK/result.txt"
 echo "CLV refits since start (incl. the first): $(grep -c 'CLV models refitted' "$WORK/serve.err" || true)" \

@@ -22,7 +22,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::error::ErrorBody;
-use crate::profile_cache::Tag;
+use crate::hot_cache::Tag;
 use crate::view::View;
 use crate::{ApiError, ApiState};
 
@@ -126,7 +126,7 @@ pub async fn get_customer(
 }
 
 /// A 200 with a JSON body already serialized.
-fn json_body(body: Bytes) -> Response {
+pub(crate) fn json_body(body: Bytes) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -146,16 +146,9 @@ pub(crate) struct Found {
     pub reader: Arc<patron_store::StoreReader>,
 }
 
-/// Finds `id` (or the customer it is an alias of): 404 when there is none.
-pub(crate) async fn lookup(state: &ApiState, id: &str) -> Result<Found, ApiError> {
-    let view = state.views.get(&state.store, &state.config).await?;
-    // A point read on the latest committed MVCC snapshot: never waits on the writer.
-    let reader = state.store.snapshot().map_err(ApiError::internal)?;
-    find(state, view, reader, id)
-}
-
-/// [`lookup`] on a view and snapshot already in hand.
-fn find(
+/// Finds `id` (or the customer it is an alias of) in `reader`, a point read on a committed MVCC
+/// snapshot that never waits on the writer: 404 when there is none.
+pub(crate) fn find(
     state: &ApiState,
     view: Arc<View>,
     reader: Arc<patron_store::StoreReader>,

@@ -26,12 +26,12 @@ pub mod customers;
 pub mod dashboard;
 pub mod error;
 pub mod events;
+pub mod hot_cache;
 pub mod http_metrics;
 pub mod kpis;
 pub mod model;
 pub mod offers;
 pub mod openapi;
-pub mod profile_cache;
 pub mod query;
 pub mod routes;
 pub mod segments;
@@ -70,7 +70,9 @@ pub struct ApiState {
     /// The compiled offer catalog.
     pub offers: offers::OfferBook,
     /// Serialized profiles of hot customers (`[api] profile_cache_mb`).
-    pub profiles: profile_cache::ProfileCache,
+    pub profiles: hot_cache::ProfileCache,
+    /// Hot customers' decision inputs (`[api] decision_cache_mb`).
+    pub decisions: hot_cache::TaggedCache<Arc<offers::Prepared>>,
 }
 
 impl ApiState {
@@ -95,7 +97,8 @@ impl ApiState {
             decoder: Decoder::default(),
             intake: None,
             offers: offers::OfferBook::default(),
-            profiles: profile_cache::ProfileCache::new(0),
+            profiles: hot_cache::ProfileCache::new(0),
+            decisions: hot_cache::TaggedCache::new(0),
         }
     }
 
@@ -103,7 +106,8 @@ impl ApiState {
     /// `[engagement]`, `[kpi] refresh_interval`, `[api] max_body_bytes`).
     pub fn with_config(mut self, config: Arc<PatronConfig>) -> Self {
         self.decoder = Decoder::from_config(&config);
-        self.profiles = profile_cache::ProfileCache::for_config(&config);
+        self.profiles = hot_cache::ProfileCache::for_config(&config, config.api.profile_cache_mb);
+        self.decisions = hot_cache::TaggedCache::for_config(&config, config.api.decision_cache_mb);
         self.config = config;
         self.views = view::ViewCache::default();
         self

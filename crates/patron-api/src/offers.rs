@@ -3,8 +3,11 @@
 //!
 //! The catalog lives in the store; `[[offers]]` from config is written into it at start-up.
 //! Each offer's eligibility predicate is compiled once per catalog version into a physical
-//! expression over the `customers` schema, the same columns as in SQL, and evaluated against the
-//! customer's one-row batch per request.
+//! expression over the `customers` schema, the same columns as in SQL. With each scoring view
+//! an [`OfferPlan`] evaluates every predicate over the view's whole population at once; a
+//! decision on the view's own generation then only looks up the customer's bit. Otherwise
+//! (a commit since the view, the wall clock, a predicate calling `now()`) the predicates run
+//! on the customer's one-row batch per request.
 //!
 //! A decision, per offer: validity window, channel, eligibility, then the holdout (a stable hash
 //! of customer and offer), then contact policy from the committed contact history
@@ -12,26 +15,34 @@
 //! P(accept) × value − cost + affinity boost, where P(accept) comes from the Beta posterior of
 //! the (offer, rfm_segment) arm: its mean (`greedy`) or one draw (`thompson`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use arrow::array::Array;
+use arrow::array::BooleanBufferBuilder;
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::buffer::BooleanBuffer;
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use patron_core::config::{Exploration, OfferConfig, Role};
 use patron_core::offer::{Posterior, decision_id, in_holdout};
 use patron_core::time::{Millis, now_millis, parse_rfc3339};
+use patron_query::Snapshot;
 use patron_query::snapshot::{CompiledPredicate, customers_schema};
-use patron_store::{ContactRecord, Store};
+use patron_store::{ContactRecord, OfferCounts, Store};
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Beta, Distribution};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::customers::{lookup, profile_and_row};
+use crate::customers::{find, json_body, profile_and_row};
 use crate::error::{ErrorBody, JsonBody};
+use crate::hot_cache::{Tag, Weigh};
 use crate::{ApiError, ApiState};
 
 /// An offer as the API shows and takes it: the `[[offers]]` fields.
@@ -107,9 +118,12 @@ pub struct CompiledOffer {
     ends: Option<Millis>,
     window_ms: Option<i64>,
     cooldown_ms: Option<i64>,
-    /// Reasons that do not depend on the customer, written once.
-    not_eligible: String,
-    held_out: String,
+    /// The end of a ranked offer's reason: ` × value V − cost C`.
+    reason_tail: String,
+    /// The entries that do not depend on the customer or the request, serialized once.
+    not_active: Box<RawValue>,
+    not_eligible: Box<RawValue>,
+    held_out: Box<RawValue>,
 }
 
 /// Checks every field and compiles the predicate; the error names the field at fault.
@@ -167,12 +181,29 @@ pub fn compile(offer: Offer) -> Result<CompiledOffer, String> {
     predicate
         .evaluate(&arrow::array::RecordBatch::new_empty(schema))
         .map_err(|e| format!("`eligible`: {e}"))?;
+    let entry = |holdout: bool, reason: String| {
+        serde_json::value::to_raw_value(&Withheld {
+            offer_id: offer.id.clone(),
+            holdout,
+            reason,
+        })
+        .map_err(|e| e.to_string())
+    };
     Ok(CompiledOffer {
-        not_eligible: format!("not_eligible: {}", offer.eligible),
-        held_out: format!(
-            "holdout: in the {:.0}% control group",
-            offer.holdout * 100.0
+        reason_tail: format!(
+            " × value {} − cost {}",
+            rounded(offer.value, 2),
+            rounded(offer.cost, 2)
         ),
+        not_active: entry(false, "not_active: outside starts/ends".into())?,
+        not_eligible: entry(false, format!("not_eligible: {}", offer.eligible))?,
+        held_out: entry(
+            true,
+            format!(
+                "holdout: in the {:.0}% control group",
+                offer.holdout * 100.0
+            ),
+        )?,
         offer,
         predicate,
         starts,
@@ -188,6 +219,18 @@ pub struct OfferBook {
     current: RwLock<Option<Arc<Vec<CompiledOffer>>>>,
     /// Decisions made, to derive seeded draws.
     decisions: AtomicU64,
+    /// Decisions whose eligibility came from the view's [`OfferPlan`].
+    planned: AtomicU64,
+}
+
+/// Decision counters for `/v1/status`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DecisionStats {
+    pub decisions: u64,
+    /// Eligibility read from the scoring view's plan (nothing committed since the view).
+    pub planned: u64,
+    /// Eligibility evaluated on the customer's own row.
+    pub evaluated: u64,
 }
 
 impl OfferBook {
@@ -195,24 +238,194 @@ impl OfferBook {
         *self.current.write().expect("offer book lock") = None;
     }
 
+    pub fn stats(&self) -> DecisionStats {
+        let decisions = self.decisions.load(Ordering::Relaxed);
+        let planned = self.planned.load(Ordering::Relaxed);
+        DecisionStats {
+            decisions,
+            planned,
+            evaluated: decisions.saturating_sub(planned),
+        }
+    }
+
     pub fn get(&self, store: &Store) -> Result<Arc<Vec<CompiledOffer>>, ApiError> {
         if let Some(c) = self.current.read().expect("offer book lock").clone() {
             return Ok(c);
         }
-        let mut offers = Vec::new();
-        for (id, json) in store.offer_catalog().map_err(ApiError::internal)? {
-            let offer: Offer = serde_json::from_slice(&json)
-                .map_err(|e| ApiError::internal(format!("stored offer `{id}`: {e}")))?;
-            // Stored offers were checked on the way in; one that no longer compiles (a schema
-            // change) is left out and logged rather than failing every decision.
-            match compile(offer) {
-                Ok(c) => offers.push(c),
-                Err(e) => tracing::error!("stored offer `{id}` is skipped: {e}"),
-            }
-        }
-        let compiled = Arc::new(offers);
+        let compiled = Arc::new(compile_catalog(store)?);
         *self.current.write().expect("offer book lock") = Some(compiled.clone());
         Ok(compiled)
+    }
+}
+
+/// The stored catalog, compiled, in id order.
+fn compile_catalog(store: &Store) -> Result<Vec<CompiledOffer>, ApiError> {
+    let mut offers = Vec::new();
+    for (id, json) in store.offer_catalog().map_err(ApiError::internal)? {
+        let offer: Offer = serde_json::from_slice(&json)
+            .map_err(|e| ApiError::internal(format!("stored offer `{id}`: {e}")))?;
+        // Stored offers were checked on the way in; one that no longer compiles (a schema
+        // change) is left out and logged rather than failing every decision.
+        match compile(offer) {
+            Ok(c) => offers.push(c),
+            Err(e) => tracing::error!("stored offer `{id}` is skipped: {e}"),
+        }
+    }
+    Ok(offers)
+}
+
+/// The catalog as a scoring view saw it, with every offer's eligibility decided for the view's
+/// whole population in one vectorized pass per predicate, and every arm's counts.
+///
+/// It answers only decisions whose read snapshot has the view's generation: equal generations
+/// mean equal data, so the customer's row in the view is exactly the row a per-request
+/// evaluation would build (same state, same ranking population, same `as_of` on the event
+/// clock).
+pub struct OfferPlan {
+    pub book: Arc<Vec<CompiledOffer>>,
+    /// Per offer, per snapshot batch: the rows that are eligible (a null result is not).
+    eligible: Vec<Vec<BooleanBuffer>>,
+    /// Per offer: its arms' counts by rfm segment.
+    arms: Vec<HashMap<String, OfferCounts>>,
+    /// Per snapshot batch: the rows with a contact history (most customers have none, and
+    /// need no read for it).
+    contacted: Vec<BooleanBuffer>,
+}
+
+impl OfferPlan {
+    /// The plan for `snapshot`, read from the store at `generation`. `None` when a commit
+    /// slipped in while it was read (it would mix two generations), or when a predicate calls a
+    /// function such as `now()`, whose answer cannot be computed ahead.
+    pub fn build(
+        store: &Store,
+        snapshot: &Snapshot,
+        generation: u64,
+    ) -> Result<Option<Self>, ApiError> {
+        let book = compile_catalog(store)?;
+        if book.iter().any(|c| c.predicate.is_volatile()) {
+            return Ok(None);
+        }
+        let eligible = book
+            .iter()
+            .map(|c| {
+                snapshot
+                    .customers
+                    .iter()
+                    .map(|batch| {
+                        let mask = c.predicate.evaluate(batch).map_err(ApiError::internal)?;
+                        Ok(match mask.nulls() {
+                            Some(valid) => mask.values() & valid.inner(),
+                            None => mask.values().clone(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, ApiError>>()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let at: HashMap<&str, usize> = book
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.offer.id.as_str(), i))
+            .collect();
+        let mut arms = vec![HashMap::new(); book.len()];
+        let reader = store.reader().map_err(ApiError::internal)?;
+        for (offer, segment, counts) in reader.all_offer_counts().map_err(ApiError::internal)? {
+            if let Some(&i) = at.get(offer.as_str()) {
+                arms[i].insert(segment, counts);
+            }
+        }
+        let mut contacted: Vec<BooleanBufferBuilder> = snapshot
+            .customers
+            .iter()
+            .map(|b| {
+                let mut bits = BooleanBufferBuilder::new(b.num_rows());
+                bits.append_n(b.num_rows(), false);
+                bits
+            })
+            .collect();
+        for customer in reader.contacted_customers().map_err(ApiError::internal)? {
+            if let Some((batch, row)) = snapshot.customer_row(&customer) {
+                contacted[batch].set_bit(row, true);
+            }
+        }
+        if store.generation() != generation {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            book: Arc::new(book),
+            eligible,
+            arms,
+            contacted: contacted.iter_mut().map(|b| b.finish()).collect(),
+        }))
+    }
+}
+
+/// What a decision needs to know about the customer, from the view's plan or from their own
+/// row.
+struct Subject<'a> {
+    rfm_segment: String,
+    /// Top categories by decayed spend.
+    top_categories: Vec<String>,
+    eligibility: Eligibility<'a>,
+}
+
+enum Eligibility<'a> {
+    /// The customer's bits in the view's [`OfferPlan`].
+    Planned {
+        plan: &'a OfferPlan,
+        batch: usize,
+        row: usize,
+    },
+    /// The customer's one-row `customers` batch, each predicate evaluated on it.
+    Row(RecordBatch),
+}
+
+impl Subject<'_> {
+    /// Whether the customer may have a contact history to read (the plan knows they have none).
+    fn may_have_contacts(&self) -> bool {
+        match &self.eligibility {
+            Eligibility::Planned { plan, batch, row } => plan.contacted[*batch].value(*row),
+            Eligibility::Row(_) => true,
+        }
+    }
+
+    /// Whether offer number `i` of the book, `c`, is eligible.
+    fn eligible(&self, i: usize, c: &CompiledOffer) -> Result<bool, ApiError> {
+        match &self.eligibility {
+            Eligibility::Planned { plan, batch, row } => Ok(plan.eligible[i][*batch].value(*row)),
+            Eligibility::Row(row) => {
+                let mask = c.predicate.evaluate(row).map_err(ApiError::internal)?;
+                Ok(mask.is_valid(0) && mask.value(0))
+            }
+        }
+    }
+
+    /// The (offer `i`, rfm segment) arm's posterior at `now`, and when it may next change
+    /// without a commit (an impression's answer falling due).
+    fn posterior(
+        &self,
+        i: usize,
+        c: &CompiledOffer,
+        reader: &patron_store::StoreReader,
+        now: Millis,
+        response_window_ms: i64,
+    ) -> Result<(Posterior, Option<Millis>), ApiError> {
+        let of = |counts: &OfferCounts| {
+            let posterior = Posterior::from_counts(
+                counts.matured(now, response_window_ms),
+                counts.accepted,
+                counts.declined,
+            );
+            (posterior, counts.next_maturing(now, response_window_ms))
+        };
+        Ok(match &self.eligibility {
+            Eligibility::Planned { plan, .. } => plan.arms[i]
+                .get(&self.rfm_segment)
+                .map_or_else(|| of(&OfferCounts::default()), of),
+            Eligibility::Row(_) => of(&reader
+                .offer_counts(&c.offer.id, &self.rfm_segment)
+                .map_err(ApiError::internal)?
+                .unwrap_or_default()),
+        })
     }
 }
 
@@ -368,33 +581,35 @@ pub struct DecisionParams {
 
 /// Ranked offers for one customer, with why each was or was not offered.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Decision {
-    pub customer_id: String,
+pub struct Decision<'a> {
+    pub customer_id: &'a str,
     /// The segment whose learned acceptance rates were used.
-    pub rfm_segment: String,
+    pub rfm_segment: &'a str,
     /// Carry it on offer_shown / offer_accepted / offer_declined events.
     pub decision_id: String,
     /// `thompson` or `greedy`.
-    pub exploration: String,
+    pub exploration: &'static str,
     /// Best first.
-    pub offers: Vec<RankedOffer>,
+    pub offers: Vec<RankedOffer<'a>>,
     /// Eligible offers this customer is held out of (control group): not offered.
-    pub held_out: Vec<Withheld>,
+    #[schema(value_type = Vec<Withheld>)]
+    pub held_out: &'a RawValue,
     /// Offers not made, and why: `not_active`, `channel`, `not_eligible`, `capped`, `cooldown`.
-    pub suppressed: Vec<Withheld>,
+    #[schema(value_type = Vec<Withheld>)]
+    pub suppressed: &'a RawValue,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct RankedOffer {
-    pub offer_id: String,
-    pub name: String,
+pub struct RankedOffer<'a> {
+    pub offer_id: &'a str,
+    pub name: &'a str,
     /// p_accept × value − cost + affinity_boost.
     pub score: f64,
     pub p_accept: f64,
     pub value: f64,
     pub cost: f64,
     pub affinity_boost: f64,
-    pub category: Option<String>,
+    pub category: Option<&'a str>,
     /// Always false here; held-out offers are listed under `held_out`.
     pub holdout: bool,
     /// The score's parts in words.
@@ -408,11 +623,22 @@ pub struct Withheld {
     pub reason: String,
 }
 
+/// A withheld entry whose reason depends on the request.
+fn withheld(offer: &Offer, reason: String) -> Result<Cow<'static, RawValue>, ApiError> {
+    serde_json::value::to_raw_value(&Withheld {
+        offer_id: offer.id.clone(),
+        holdout: false,
+        reason,
+    })
+    .map(Cow::Owned)
+    .map_err(ApiError::internal)
+}
+
 /// The next-best offers for a customer.
 #[utoipa::path(get, path = "/v1/customers/{id}/offers", tag = "offers",
     params(("id" = String, Path, description = "customer id, or an alias of one"), DecisionParams),
     responses(
-        (status = 200, description = "ranked offers with explanations", body = Decision),
+        (status = 200, description = "ranked offers with explanations", body = Decision<'static>),
         (status = 400, description = "limit out of range, or a malformed query string", body = ErrorBody),
         (status = 401, description = "missing or unknown key", body = ErrorBody),
         (status = 403, description = "the key's role is not marketing or admin", body = ErrorBody),
@@ -424,7 +650,7 @@ pub async fn decide(
     headers: HeaderMap,
     Path(id): Path<String>,
     query: Result<Query<DecisionParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Decision>, ApiError> {
+) -> Result<Response, ApiError> {
     state.auth.require(&headers, Role::Marketing)?;
     let Query(params) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let limit = params.limit.unwrap_or(3);
@@ -434,30 +660,40 @@ pub async fn decide(
             format!("limit must be 1 to 50, got {limit}"),
         ));
     }
-    let book = state.offers.get(&state.store)?;
-    let found = lookup(&state, &id).await?;
-    let s = &found.stored.state;
-    let customer = found.stored.customer_id.clone();
-    let (p, row) = profile_and_row(
-        &found.view,
-        &state.config,
-        customer.clone(),
-        found.stored.scope,
-        s,
-        found.as_of,
-        true,
-    )?;
-    let row = row.expect("asked for the row");
-    let contacts: HashMap<String, ContactRecord> = found
-        .reader
-        .contacts_of(&customer)
-        .map_err(ApiError::internal)?
-        .into_iter()
-        .collect();
+    let view = state.views.get(&state.store, &state.config).await?;
+    let reader = state.store.snapshot().map_err(ApiError::internal)?;
+    let now = now_millis();
+    let tag = Tag {
+        generation: reader.generation(),
+        view: view.id,
+    };
+    // The channel first: it cannot contain the separator, which a customer id may.
+    let key = format!(
+        "{}\u{1f}{id}",
+        params.channel.as_deref().unwrap_or_default()
+    );
+    let prepared = match state.decisions.get_if(&key, tag, |p| now < p.valid_until) {
+        Some(p) => p,
+        None => {
+            let p = Arc::new(prepare(
+                &state,
+                view,
+                reader,
+                &id,
+                params.channel.as_deref(),
+                now,
+            )?);
+            if p.planned {
+                state.decisions.insert(&key, tag, p.clone());
+            }
+            p
+        }
+    };
+    if prepared.planned {
+        state.offers.planned.fetch_add(1, Ordering::Relaxed);
+    }
+
     let exploration = state.config.offers.exploration();
-    let boost_share = state.config.offers.affinity_boost();
-    let response_window_ms =
-        i64::try_from(state.config.offers.response_window().as_millis()).unwrap_or(i64::MAX);
     let n = state.offers.decisions.fetch_add(1, Ordering::Relaxed);
     let mut rng = match state.config.offers.seed() {
         Some(seed) => {
@@ -465,126 +701,293 @@ pub async fn decide(
         }
         None => rand::rngs::StdRng::from_rng(&mut rand::rng()),
     };
-    let now = now_millis();
-    let segment = p.rfm_segment.clone();
-    let mut decision = Decision {
-        customer_id: customer.clone(),
-        rfm_segment: segment.clone(),
-        decision_id: decision_id(rng.random(), &segment),
-        exploration: match exploration {
-            Exploration::Thompson => "thompson",
-            Exploration::Greedy => "greedy",
-        }
-        .to_owned(),
-        offers: Vec::new(),
-        held_out: Vec::new(),
-        suppressed: Vec::new(),
+    let segment = prepared.rfm_segment.as_str();
+    let exploration_name = match exploration {
+        Exploration::Thompson => "thompson",
+        Exploration::Greedy => "greedy",
     };
+    let decision_id = decision_id(rng.random(), segment);
     // Candidates are scored first; only the `limit` best are dressed for the response.
-    let mut candidates: Vec<Candidate<'_>> = Vec::new();
-    for c in book.iter() {
-        let o = &c.offer;
-        let withhold = |reason: String| Withheld {
-            offer_id: o.id.clone(),
-            holdout: false,
-            reason,
-        };
-        if c.starts.is_some_and(|t| now < t) || c.ends.is_some_and(|t| now >= t) {
-            decision
-                .suppressed
-                .push(withhold("not_active: outside starts/ends".into()));
-            continue;
-        }
-        if let Some(ch) = &params.channel
-            && !o.channels.is_empty()
-            && !o.channels.contains(ch)
-        {
-            decision
-                .suppressed
-                .push(withhold(format!("channel: not offered on `{ch}`")));
-            continue;
-        }
-        let mask = c.predicate.evaluate(&row).map_err(ApiError::internal)?;
-        if !(mask.is_valid(0) && mask.value(0)) {
-            decision.suppressed.push(withhold(c.not_eligible.clone()));
-            continue;
-        }
-        if in_holdout(&customer, &o.id, o.holdout) {
-            decision.held_out.push(Withheld {
-                offer_id: o.id.clone(),
-                holdout: true,
-                reason: c.held_out.clone(),
-            });
-            continue;
-        }
-        if let Some(contact) = contacts.get(&o.id) {
-            if let (Some(max), Some(window)) = (o.max_impressions, c.window_ms) {
-                let seen = contact.shown_within(now, window);
-                if seen >= max as usize {
-                    decision.suppressed.push(withhold(format!(
-                        "capped: shown {seen} times in the last {}",
-                        o.window.as_deref().unwrap_or_default()
-                    )));
-                    continue;
-                }
+    let mut candidates: Vec<Candidate<'_>> = prepared
+        .candidates
+        .iter()
+        .map(|e| {
+            let offer = &prepared.book[e.offer];
+            let o = &offer.offer;
+            let p_accept = match exploration {
+                Exploration::Greedy => e.posterior.mean(),
+                Exploration::Thompson => Beta::new(e.posterior.alpha, e.posterior.beta)
+                    .map(|b| b.sample(&mut rng))
+                    .unwrap_or_else(|_| e.posterior.mean()),
+            };
+            let affinity_boost = if e.affine {
+                state.config.offers.affinity_boost() * o.value
+            } else {
+                0.0
+            };
+            Candidate {
+                offer,
+                score: p_accept * o.value - o.cost + affinity_boost,
+                p_accept,
+                posterior: e.posterior,
+                affinity_boost,
+                affine: e.affine,
             }
-            if let (Some(cool), Some(declined)) = (c.cooldown_ms, contact.last_declined)
-                && now < declined.saturating_add(cool)
-            {
-                decision.suppressed.push(withhold(format!(
-                    "cooldown: declined within the last {}",
-                    o.cooldown_after_decline.as_deref().unwrap_or_default()
-                )));
-                continue;
-            }
-        }
-        let counts = found
-            .reader
-            .offer_counts(&o.id, &segment)
-            .map_err(ApiError::internal)?
-            .unwrap_or_default();
-        let posterior = Posterior::from_counts(
-            counts.matured(now, response_window_ms),
-            counts.accepted,
-            counts.declined,
-        );
-        let p_accept = match exploration {
-            Exploration::Greedy => posterior.mean(),
-            Exploration::Thompson => Beta::new(posterior.alpha, posterior.beta)
-                .map(|b| b.sample(&mut rng))
-                .unwrap_or_else(|_| posterior.mean()),
-        };
-        let affine = o
-            .category
-            .as_ref()
-            .is_some_and(|cat| p.affinity.iter().any(|a| &a.category == cat));
-        let affinity_boost = if affine { boost_share * o.value } else { 0.0 };
-        candidates.push(Candidate {
-            offer: c,
-            score: p_accept * o.value - o.cost + affinity_boost,
-            p_accept,
-            posterior,
-            affinity_boost,
-            affine,
-        });
-    }
+        })
+        .collect();
     candidates.sort_by(|a, b| {
         b.score
             .total_cmp(&a.score)
             .then_with(|| a.offer.offer.id.cmp(&b.offer.offer.id))
     });
     candidates.truncate(limit);
-    decision.offers = candidates
-        .into_iter()
-        .map(|c| c.ranked(&decision.exploration, &segment))
-        .collect();
-    Ok(Json(decision))
+    let decision = Decision {
+        customer_id: &prepared.customer_id,
+        rfm_segment: segment,
+        decision_id,
+        exploration: exploration_name,
+        offers: candidates
+            .into_iter()
+            .map(|c| c.ranked(exploration_name, segment))
+            .collect(),
+        held_out: &prepared.held_out,
+        suppressed: &prepared.suppressed,
+    };
+    let mut body = Vec::with_capacity(4096);
+    serde_json::to_writer(&mut body, &decision).map_err(ApiError::internal)?;
+    Ok(json_body(Bytes::from(body)))
+}
+
+/// Everything in a decision but its draws, ranking and id: what a hot customer's decisions
+/// share while the store, the view and the clock's relevant instants stay put.
+pub struct Prepared {
+    /// The catalog the offer numbers below refer to.
+    book: Arc<Vec<CompiledOffer>>,
+    customer_id: String,
+    rfm_segment: String,
+    /// Offers that passed every check, in catalog order.
+    candidates: Vec<Eligible>,
+    /// JSON arrays of [`Withheld`].
+    held_out: Box<RawValue>,
+    suppressed: Box<RawValue>,
+    /// The first instant at which a validity window, a contact window or cooldown, or an arm's
+    /// pending impressions could change an answer above.
+    valid_until: Millis,
+    /// Made from the view's [`OfferPlan`] (only those are cached).
+    planned: bool,
+}
+
+impl Weigh for Arc<Prepared> {
+    fn weigh(&self) -> u64 {
+        (std::mem::size_of::<Prepared>()
+            + self.customer_id.len()
+            + self.rfm_segment.len()
+            + self.candidates.len() * std::mem::size_of::<Eligible>()
+            + self.held_out.get().len()
+            + self.suppressed.get().len()) as u64
+    }
+}
+
+/// An offer that passed every check, before its draw.
+struct Eligible {
+    /// Its number in the book.
+    offer: usize,
+    posterior: Posterior,
+    /// Its category is among the customer's top categories.
+    affine: bool,
+}
+
+/// Decides everything about `id`'s offers that does not need a draw.
+fn prepare(
+    state: &ApiState,
+    view: Arc<crate::view::View>,
+    reader: Arc<patron_store::StoreReader>,
+    id: &str,
+    channel: Option<&str>,
+    now: Millis,
+) -> Result<Prepared, ApiError> {
+    let found = find(state, view, reader, id)?;
+    let s = &found.stored.state;
+    let customer = &found.stored.customer_id;
+    // The view's plan answers when nothing was committed since it was made and the customer
+    // is in it; otherwise the customer's own row is built and every predicate runs on it.
+    let planned = found
+        .view
+        .offers
+        .as_ref()
+        .filter(|_| found.reader.generation() == found.view.generation)
+        .and_then(|plan| {
+            let (batch, row) = found.view.snapshot.customer_row(customer)?;
+            Some((plan, batch, row))
+        });
+    let (book, subject) = match planned {
+        Some((plan, batch, row)) => {
+            let customers = &found.view.snapshot.customers[batch];
+            let segments = customers
+                .column_by_name("rfm_segment")
+                .ok_or_else(|| ApiError::internal("no rfm_segment column"))?
+                .as_string::<i32>();
+            let decay_at = found.as_of.unwrap_or_else(now_millis);
+            let half_life_ms = state.config.engagement.half_life.as_millis().max(1) as f64;
+            let top_categories = s
+                .top_categories(
+                    state.config.engagement.top_categories,
+                    decay_at,
+                    half_life_ms,
+                )
+                .into_iter()
+                .map(|(category, _)| category)
+                .collect();
+            let subject = Subject {
+                rfm_segment: segments.value(row).to_owned(),
+                top_categories,
+                eligibility: Eligibility::Planned { plan, batch, row },
+            };
+            (plan.book.clone(), subject)
+        }
+        None => {
+            let (p, row) = profile_and_row(
+                &found.view,
+                &state.config,
+                customer.clone(),
+                found.stored.scope,
+                s,
+                found.as_of,
+                true,
+            )?;
+            let subject = Subject {
+                rfm_segment: p.rfm_segment,
+                top_categories: p.affinity.into_iter().map(|a| a.category).collect(),
+                eligibility: Eligibility::Row(row.expect("asked for the row")),
+            };
+            (state.offers.get(&state.store)?, subject)
+        }
+    };
+    let contacts: HashMap<String, ContactRecord> = if subject.may_have_contacts() {
+        found
+            .reader
+            .contacts_of(customer)
+            .map_err(ApiError::internal)?
+            .into_iter()
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    let response_window_ms =
+        i64::try_from(state.config.offers.response_window().as_millis()).unwrap_or(i64::MAX);
+    // The earliest future instant that matters.
+    let mut valid_until = Millis::MAX;
+    let mut until = |t: Millis| {
+        if t > now {
+            valid_until = valid_until.min(t);
+        }
+    };
+    let mut candidates = Vec::new();
+    let mut held_out: Vec<Cow<'_, RawValue>> = Vec::new();
+    let mut suppressed: Vec<Cow<'_, RawValue>> = Vec::new();
+    for (i, c) in book.iter().enumerate() {
+        let o = &c.offer;
+        c.starts.into_iter().chain(c.ends).for_each(&mut until);
+        if c.starts.is_some_and(|t| now < t) || c.ends.is_some_and(|t| now >= t) {
+            suppressed.push(Cow::Borrowed(&c.not_active));
+            continue;
+        }
+        if let Some(ch) = channel
+            && !o.channels.is_empty()
+            && !o.channels.iter().any(|allowed| allowed == ch)
+        {
+            suppressed.push(withheld(o, format!("channel: not offered on `{ch}`"))?);
+            continue;
+        }
+        if !subject.eligible(i, c)? {
+            suppressed.push(Cow::Borrowed(&c.not_eligible));
+            continue;
+        }
+        if in_holdout(customer, &o.id, o.holdout) {
+            held_out.push(Cow::Borrowed(&c.held_out));
+            continue;
+        }
+        if let Some(contact) = contacts.get(&o.id) {
+            if let Some(window) = c.window_ms {
+                // An impression enters the window when it happens and leaves it `window` later.
+                for &t in &contact.shown {
+                    until(t);
+                    until(t.saturating_add(window));
+                }
+            }
+            if let (Some(cool), Some(declined)) = (c.cooldown_ms, contact.last_declined) {
+                until(declined.saturating_add(cool));
+            }
+            if let (Some(max), Some(window)) = (o.max_impressions, c.window_ms) {
+                let seen = contact.shown_within(now, window);
+                if seen >= max as usize {
+                    suppressed.push(withheld(
+                        o,
+                        format!(
+                            "capped: shown {seen} times in the last {}",
+                            o.window.as_deref().unwrap_or_default()
+                        ),
+                    )?);
+                    continue;
+                }
+            }
+            if let (Some(cool), Some(declined)) = (c.cooldown_ms, contact.last_declined)
+                && now < declined.saturating_add(cool)
+            {
+                suppressed.push(withheld(
+                    o,
+                    format!(
+                        "cooldown: declined within the last {}",
+                        o.cooldown_after_decline.as_deref().unwrap_or_default()
+                    ),
+                )?);
+                continue;
+            }
+        }
+        let (posterior, matures_at) =
+            subject.posterior(i, c, &found.reader, now, response_window_ms)?;
+        matures_at.into_iter().for_each(&mut until);
+        let affine = o
+            .category
+            .as_ref()
+            .is_some_and(|cat| subject.top_categories.contains(cat));
+        candidates.push(Eligible {
+            offer: i,
+            posterior,
+            affine,
+        });
+    }
+    let held_out = serde_json::value::to_raw_value(&held_out).map_err(ApiError::internal)?;
+    let suppressed = serde_json::value::to_raw_value(&suppressed).map_err(ApiError::internal)?;
+    Ok(Prepared {
+        customer_id: customer.clone(),
+        rfm_segment: subject.rfm_segment.clone(),
+        planned: matches!(subject.eligibility, Eligibility::Planned { .. }),
+        book,
+        candidates,
+        held_out,
+        suppressed,
+        valid_until,
+    })
 }
 
 /// `x` rounded to `digits` decimals.
 fn rounded(x: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (x * scale).round() / scale
+}
+
+/// A Beta parameter: an integer (one plus a count) printed as one, without float formatting.
+struct Count(f64);
+
+impl std::fmt::Display for Count {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.fract() == 0.0 && self.0.abs() < 1e15 {
+            write!(f, "{}", self.0 as i64)
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
 }
 
 /// An offer that passed every check, scored.
@@ -598,34 +1001,38 @@ struct Candidate<'a> {
     affine: bool,
 }
 
-impl Candidate<'_> {
-    fn ranked(self, exploration: &str, segment: &str) -> RankedOffer {
+impl<'a> Candidate<'a> {
+    fn ranked(self, exploration: &str, segment: &str) -> RankedOffer<'a> {
+        use std::fmt::Write as _;
         let o = &self.offer.offer;
-        // Rounded, then printed shortest: fixed-precision float formatting costs more than the
-        // rest of the decision.
-        let mut reason = format!(
-            "p_accept {} ({exploration} of Beta({}, {}) for {segment}) × value {} − cost {}",
+        // Rounded, then printed shortest (fixed-precision float formatting costs more than the
+        // rest of the decision); the Beta parameters are counts plus one, printed as integers;
+        // the part that depends only on the offer was written when it was compiled.
+        let mut reason = String::with_capacity(128);
+        let _ = write!(
+            reason,
+            "p_accept {} ({exploration} of Beta({}, {}) for {segment})",
             rounded(self.p_accept, 4),
-            self.posterior.alpha,
-            self.posterior.beta,
-            rounded(o.value, 2),
-            rounded(o.cost, 2),
+            Count(self.posterior.alpha),
+            Count(self.posterior.beta),
         );
+        reason.push_str(&self.offer.reason_tail);
         if self.affine {
-            reason.push_str(&format!(
+            let _ = write!(
+                reason,
                 " + affinity {} (top category)",
                 rounded(self.affinity_boost, 2)
-            ));
+            );
         }
         RankedOffer {
-            offer_id: o.id.clone(),
-            name: o.name.clone(),
+            offer_id: &o.id,
+            name: &o.name,
             score: self.score,
             p_accept: self.p_accept,
             value: o.value,
             cost: o.cost,
             affinity_boost: self.affinity_boost,
-            category: o.category.clone(),
+            category: o.category.as_deref(),
             holdout: false,
             reason,
         }

@@ -31,6 +31,7 @@ use patron_query::{Snapshot, SnapshotOptions};
 use patron_store::Store;
 
 use crate::ApiError;
+use crate::offers::OfferPlan;
 
 pub struct View {
     pub snapshot: Snapshot,
@@ -52,6 +53,9 @@ pub struct View {
     pub generation: u64,
     /// Unique per build in this process (cached profiles name the view they were scored on).
     pub id: u64,
+    /// The offer catalog with every customer's eligibility, for decisions on this view's
+    /// generation (event clock only: on the wall clock `as_of` moves on between requests).
+    pub offers: Option<OfferPlan>,
 }
 
 static NEXT_VIEW_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -76,6 +80,16 @@ impl View {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let kpis = kpi::compute(&snapshot, &KpiOptions::from_config(config));
+        let offers = match config.scoring.clock {
+            Clock::Event => OfferPlan::build(store, &snapshot, generation).unwrap_or_else(|e| {
+                tracing::warn!(
+                    code = e.code,
+                    "offer plan not built; decisions evaluate per request"
+                );
+                None
+            }),
+            Clock::Wall => None,
+        };
         Ok(Self {
             kpis,
             computed_at: now_millis(),
@@ -89,6 +103,7 @@ impl View {
             build_time: started.elapsed(),
             generation,
             id: NEXT_VIEW_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            offers,
         })
     }
 

@@ -99,6 +99,18 @@ async fn call(
     (status, json)
 }
 
+/// PUT an offer into the catalog as admin.
+async fn put_offer(app: &Router, id: &str, body: Value) -> (StatusCode, Value) {
+    call(
+        app,
+        Method::PUT,
+        &format!("/v1/offers/catalog/{id}"),
+        Some(ADMIN),
+        Some(body),
+    )
+    .await
+}
+
 fn assert_error(body: &Value, code: &str) {
     assert_eq!(body["error"]["code"], code, "{body}");
     assert!(body["error"]["message"].is_string(), "{body}");
@@ -979,19 +991,6 @@ async fn offers_rank_eligible_offers_and_explain_the_rest() {
             "ts": "2026-03-05T12:00:00Z", "customer_id": "alice", "kind": kind, "offer_id": offer}));
     }
     let f = fixture_with(cfg, &evs, QueryLimits::default());
-    let put = |id: &'static str, body: Value| {
-        let app = f.app.clone();
-        async move {
-            call(
-                &app,
-                Method::PUT,
-                &format!("/v1/offers/catalog/{id}"),
-                Some(ADMIN),
-                Some(body),
-            )
-            .await
-        }
-    };
     let long = "3650days";
     for (id, body) in [
         ("plain", json!({"name": "Plain", "value": 10, "cost": 1})),
@@ -1024,11 +1023,12 @@ async fn offers_rank_eligible_offers_and_explain_the_rest() {
             json!({"name": "Control", "value": 10, "holdout": 0.999}),
         ),
     ] {
-        let (status, body) = put(id, body).await;
+        let (status, body) = put_offer(&f.app, id, body).await;
         assert_eq!(status, StatusCode::CREATED, "{id}: {body}");
     }
     // Bad offers are refused with the field named, and change nothing.
-    let (status, body) = put(
+    let (status, body) = put_offer(
+        &f.app,
         "bad",
         json!({"name": "Bad", "value": 1, "eligible": "no_such_col > 1"}),
     )
@@ -1042,9 +1042,19 @@ async fn offers_rank_eligible_offers_and_explain_the_rest() {
             .contains("`eligible`"),
         "{body}"
     );
-    let (status, body) = put("plain", json!({"id": "other", "name": "X", "value": 1})).await;
+    let (status, body) = put_offer(
+        &f.app,
+        "plain",
+        json!({"id": "other", "name": "X", "value": 1}),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    let (status, body) = put("plain", json!({"name": "Plain", "value": 10, "cost": 1})).await;
+    let (status, body) = put_offer(
+        &f.app,
+        "plain",
+        json!({"name": "Plain", "value": 10, "cost": 1}),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "replacing: {body}");
     let (_, catalog) = call(&f.app, Method::GET, "/v1/offers/catalog", Some(ADMIN), None).await;
     assert_eq!(catalog["offers"].as_array().unwrap().len(), 8, "{catalog}");
@@ -1142,6 +1152,225 @@ async fn offers_rank_eligible_offers_and_explain_the_rest() {
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// Decisions read eligibility from the view's plan (every predicate evaluated over the whole
+/// population at once) while nothing was committed since the view, and from the customer's own
+/// row after a commit. Both must agree with SQL over the `customers` table, an independent
+/// evaluation of the same predicates, and with each other.
+#[tokio::test]
+async fn planned_and_per_row_decisions_agree_with_sql() {
+    let mut cfg = config();
+    cfg.offers = patron_core::config::OffersSection::Table(patron_core::config::OffersTable {
+        exploration: patron_core::config::Exploration::Greedy,
+        ..Default::default()
+    });
+    // The view is not rebuilt during the test, so the commit below leaves it behind.
+    cfg.kpi.refresh_interval = Duration::from_secs(3600);
+    let f = fixture_from(cfg, &fit_payloads(), QueryLimits::default());
+    let (status, fit) = call(&f.app, Method::POST, "/v1/model/fit", Some(ADMIN), None).await;
+    assert_eq!(status, StatusCode::OK, "{fit}");
+    let predicates = [
+        ("clv", "clv > 40"),
+        ("fading", "p_alive < 0.6 AND frequency >= 2"),
+        ("best", "rfm_segment IN ('Champions', 'Loyal Customers')"),
+        ("recent", "r_score >= 3"),
+        ("big", "array_has(segments, 'big')"),
+        ("aov", "avg_order_value BETWEEN 20 AND 60 AND m_score >= 3"),
+    ];
+    for (i, (id, eligible)) in predicates.iter().enumerate() {
+        let body =
+            json!({"name": id, "value": 10 + i, "cost": 1, "eligible": eligible, "holdout": 0.3});
+        let (status, body) = put_offer(&f.app, id, body).await;
+        assert_eq!(status, StatusCode::CREATED, "{id}: {body}");
+    }
+    let sql_ids = |sql: String| {
+        let app = f.app.clone();
+        async move {
+            let (status, rows) = call(
+                &app,
+                Method::POST,
+                "/v1/query",
+                Some(ADMIN),
+                Some(json!({"sql": sql})),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{rows}");
+            rows["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["customer_id"].as_str().unwrap().to_owned())
+                .collect::<std::collections::BTreeSet<String>>()
+        }
+    };
+    let customers = sql_ids("SELECT customer_id FROM customers".into()).await;
+    assert_eq!(customers.len(), 300);
+    let mut expected = std::collections::BTreeMap::new();
+    for (id, eligible) in predicates {
+        let ids = sql_ids(format!(
+            "SELECT customer_id FROM customers WHERE {eligible}"
+        ))
+        .await;
+        assert!(
+            !ids.is_empty() && ids.len() < customers.len(),
+            "`{eligible}` should split the population: {} of {}",
+            ids.len(),
+            customers.len()
+        );
+        expected.insert(id.to_owned(), ids);
+    }
+    // Every decision, without the decision id and without offer `bump` (added below).
+    let decide_all = || {
+        let app = f.app.clone();
+        let customers = customers.clone();
+        async move {
+            let mut out = std::collections::BTreeMap::new();
+            for c in &customers {
+                let uri = format!("/v1/customers/{c}/offers?limit=50");
+                let (status, mut d) = call(&app, Method::GET, &uri, Some(MARKETING), None).await;
+                assert_eq!(status, StatusCode::OK, "{d}");
+                d.as_object_mut().unwrap().remove("decision_id");
+                for list in ["offers", "held_out", "suppressed"] {
+                    d[list]
+                        .as_array_mut()
+                        .unwrap()
+                        .retain(|o| o["offer_id"] != "bump");
+                }
+                out.insert(c.clone(), d);
+            }
+            out
+        }
+    };
+    let decisions_status = || {
+        let app = f.app.clone();
+        async move {
+            let (_, s) = call(&app, Method::GET, "/v1/status", Some(READER), None).await;
+            s["offer_decisions"].clone()
+        }
+    };
+    let planned = decide_all().await;
+    let counts = decisions_status().await;
+    assert_eq!(counts["planned"], 300, "{counts}");
+    assert_eq!(counts["evaluated"], 0, "{counts}");
+    // Asked again, each customer's inputs come from the decision cache, with the same result.
+    assert_eq!(decide_all().await, planned);
+    let (_, status) = call(&f.app, Method::GET, "/v1/status", Some(READER), None).await;
+    assert_eq!(status["decision_cache"]["hits"], 300, "{status}");
+    assert_eq!(status["offer_decisions"]["planned"], 600, "{status}");
+    let eligible_by_decision = |decisions: &std::collections::BTreeMap<String, Value>| {
+        let mut by_offer: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+            predicates
+                .iter()
+                .map(|(id, _)| (id.to_string(), Default::default()))
+                .collect();
+        for (c, d) in decisions {
+            for list in ["offers", "held_out"] {
+                for o in d[list].as_array().unwrap() {
+                    by_offer
+                        .get_mut(o["offer_id"].as_str().unwrap())
+                        .unwrap()
+                        .insert(c.clone());
+                }
+            }
+        }
+        by_offer
+    };
+    assert_eq!(eligible_by_decision(&planned), expected);
+
+    // A commit (a catalog change) leaves the view behind: eligibility is evaluated per row.
+    let (status, body) = call(
+        &f.app,
+        Method::PUT,
+        "/v1/offers/catalog/bump",
+        Some(ADMIN),
+        Some(json!({"name": "bump", "value": 1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let evaluated = decide_all().await;
+    let counts = decisions_status().await;
+    assert_eq!(counts["planned"], 600, "{counts}");
+    assert_eq!(counts["evaluated"], 300, "{counts}");
+    assert_eq!(eligible_by_decision(&evaluated), expected);
+    for (c, d) in &planned {
+        assert_eq!(d, &evaluated[c], "{c}");
+    }
+}
+
+/// A cached decision is answered only until the next instant that could change it: here an
+/// offer's `starts`.
+#[tokio::test]
+async fn a_cached_decision_ends_when_an_offer_starts() {
+    let f = fixture();
+    let starts = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    for (id, body) in [
+        ("plain", json!({"name": "Plain", "value": 10})),
+        (
+            "soon",
+            json!({"name": "Soon", "value": 10,
+                   "starts": starts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)}),
+        ),
+    ] {
+        let (status, body) = put_offer(&f.app, id, body).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let offered = || {
+        let app = f.app.clone();
+        async move {
+            let uri = "/v1/customers/bob/offers?limit=5";
+            let (status, d) = call(&app, Method::GET, uri, Some(MARKETING), None).await;
+            assert_eq!(status, StatusCode::OK, "{d}");
+            let ids = |list: &str| -> Vec<String> {
+                d[list]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|o| o["offer_id"].as_str().unwrap().to_owned())
+                    .collect()
+            };
+            (ids("offers"), ids("suppressed"))
+        }
+    };
+    let before = offered().await;
+    assert_eq!(before, (vec!["plain".to_owned()], vec!["soon".to_owned()]));
+    assert_eq!(offered().await, before, "answered from the cache");
+    let (_, status) = call(&f.app, Method::GET, "/v1/status", Some(READER), None).await;
+    assert_eq!(status["decision_cache"]["hits"], 1, "{status}");
+    let wait = (starts - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(50)).await;
+    let (mut offers, suppressed) = offered().await;
+    offers.sort();
+    assert_eq!(offers, vec!["plain".to_owned(), "soon".to_owned()]);
+    assert!(suppressed.is_empty(), "{suppressed:?}");
+}
+
+/// The customers table's batches are in id order, so a customer's row is found by bisection.
+#[test]
+fn a_customer_row_is_found_across_batches() {
+    let cfg = config();
+    let (_dir, store) = common::store_with(&cfg, &fit_payloads());
+    let mut opts = patron_query::SnapshotOptions::from_config(&cfg);
+    opts.batch_rows = 7;
+    let snap = patron_query::Snapshot::build(&store, &opts).unwrap();
+    assert!(snap.customers.len() > 10);
+    let mut seen = 0;
+    for (b, batch) in snap.customers.iter().enumerate() {
+        let ids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        for r in 0..batch.num_rows() {
+            let id = ids.value(r);
+            assert_eq!(snap.customer_row(id), Some((b, r)), "{id}");
+            assert_eq!(snap.customer_row(&format!("{id}~")), None);
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 300);
+    assert_eq!(snap.customer_row(""), None);
+    assert_eq!(snap.customer_row("\u{10FFFF}"), None);
 }
 
 /// `[api] request_timeout`: a request that is still waiting when it runs out gets 503 `timeout`

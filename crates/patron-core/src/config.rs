@@ -258,6 +258,10 @@ pub struct ApiConfig {
     /// Memory for serialized profiles of hot customers, in MiB (0: no cache). Entries are only
     /// answered while the store and the scoring view are the ones they were made from.
     pub profile_cache_mb: u64,
+    /// Memory for hot customers' offer-decision inputs (eligibility, contact policy, arm
+    /// posteriors, withheld offers), in MiB (0: no cache). Same rule as `profile_cache_mb`;
+    /// each decision still draws and ranks afresh.
+    pub decision_cache_mb: u64,
     pub metrics_key: Option<String>,
     pub keys: Vec<ApiKeyConfig>,
 }
@@ -270,6 +274,7 @@ impl Default for ApiConfig {
             max_batch: 1000,
             request_timeout: Duration::from_secs(30),
             profile_cache_mb: 64,
+            decision_cache_mb: 32,
             metrics_key: None,
             keys: Vec::new(),
         }

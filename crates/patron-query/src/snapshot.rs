@@ -12,8 +12,8 @@ use datafusion::arrow::datatypes::{
 };
 use datafusion::common::DFSchema;
 use datafusion::common::tree_node::TreeNode;
-use datafusion::logical_expr::Expr;
 use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::logical_expr::{Expr, Volatility};
 use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::prelude::SessionContext;
 use patron_core::clv::{ClvModel, ClvOptions};
@@ -142,6 +142,29 @@ impl Snapshot {
 
     pub fn customer_count(&self) -> usize {
         self.customers.iter().map(|b| b.num_rows()).sum()
+    }
+
+    /// Where `customer_id` is in [`Self::customers`], as (batch, row): a binary search, since
+    /// the batches hold the ids in ascending byte order (the store's key order).
+    pub fn customer_row(&self, customer_id: &str) -> Option<(usize, usize)> {
+        // The last batch whose first id is not after the one sought.
+        let batch = self
+            .customers
+            .partition_point(|b| {
+                b.num_rows() > 0 && b.column(0).as_string::<i32>().value(0) <= customer_id
+            })
+            .checked_sub(1)?;
+        let col = self.customers[batch].column(0).as_string::<i32>();
+        let (mut lo, mut hi) = (0, col.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match col.value(mid).cmp(customer_id) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some((batch, mid)),
+            }
+        }
+        None
     }
 }
 
@@ -325,6 +348,8 @@ fn derive(
 /// A user-defined segment's predicate compiled once against the `customers` schema.
 pub struct CompiledPredicate {
     expr: Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+    /// It calls functions (`now()`), so its value may change without the row changing.
+    volatile: bool,
 }
 
 impl CompiledPredicate {
@@ -339,6 +364,14 @@ impl CompiledPredicate {
         // freeze `now()` at compile time.
         let calls_functions = expr
             .exists(|e| Ok(matches!(e, Expr::ScalarFunction(_))))
+            .map_err(|e| e.to_string())?;
+        // `now()` is stable (one value per query) and `random()` volatile: either way the
+        // answer for a row is not fixed by the row.
+        let volatile = expr
+            .exists(|e| {
+                Ok(matches!(e, Expr::ScalarFunction(f)
+                    if f.func.signature().volatility != Volatility::Immutable))
+            })
             .map_err(|e| e.to_string())?;
         let expr = if calls_functions {
             expr
@@ -356,7 +389,16 @@ impl CompiledPredicate {
         let phys = ctx
             .create_physical_expr(expr, &df_schema)
             .map_err(|e| e.to_string())?;
-        Ok(Self { expr: phys })
+        Ok(Self {
+            expr: phys,
+            volatile,
+        })
+    }
+
+    /// Whether it calls a function that is not immutable, such as `now()`: then a result
+    /// computed earlier for the same row may no longer hold.
+    pub fn is_volatile(&self) -> bool {
+        self.volatile
     }
 
     /// Which rows match; a null result counts as no match.

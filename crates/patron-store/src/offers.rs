@@ -90,6 +90,14 @@ impl OfferCounts {
             .sum();
         self.shown.saturating_sub(young)
     }
+
+    /// When [`Self::matured`] next changes after `now`, if it can without a new impression:
+    /// when the hour of the oldest impression still young comes of age.
+    pub fn next_maturing(&self, now: Millis, window_ms: i64) -> Option<Millis> {
+        let cutoff = now.saturating_sub(window_ms).div_euclid(HOUR_MS);
+        let (hour, _) = self.recent.iter().find(|(h, _)| *h >= cutoff)?;
+        Some((hour + 1).saturating_mul(HOUR_MS).saturating_add(window_ms))
+    }
 }
 
 impl Store {
@@ -184,6 +192,22 @@ impl crate::StoreReader {
         Ok(out)
     }
 
+    /// Every customer with a contact record, each once, in id order.
+    pub fn contacted_customers(&self) -> Result<Vec<String>> {
+        let mut out: Vec<String> = Vec::new();
+        let Some(table) = &self.offer_contacts else {
+            return Ok(out);
+        };
+        for entry in table.iter()? {
+            let (k, _) = entry?;
+            let (customer, _) = k.value();
+            if out.last().is_none_or(|last| last != customer) {
+                out.push(customer.to_owned());
+            }
+        }
+        Ok(out)
+    }
+
     /// Every (customer, offer) pair with at least one recorded impression.
     pub fn shown_pairs(&self) -> Result<Vec<(String, String)>> {
         let mut out = Vec::new();
@@ -239,6 +263,25 @@ impl crate::StoreReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_next_maturing_instant_is_when_the_oldest_young_hour_comes_of_age() {
+        let window = 2 * HOUR_MS;
+        let mut counts = OfferCounts::default();
+        counts.note_shown(10 * HOUR_MS + 5); // hour 10
+        counts.note_shown(12 * HOUR_MS + 7); // hour 12
+        let now = 11 * HOUR_MS; // cutoff hour 9: both young
+        assert_eq!(counts.matured(now, window), 0);
+        let next = counts.next_maturing(now, window).unwrap();
+        assert_eq!(next, 11 * HOUR_MS + window);
+        assert_eq!(counts.matured(next - 1, window), 0);
+        assert_eq!(counts.matured(next, window), 1);
+        let then = counts.next_maturing(next, window).unwrap();
+        assert_eq!(then, 13 * HOUR_MS + window);
+        assert_eq!(counts.matured(then - 1, window), 1);
+        assert_eq!(counts.matured(then, window), 2);
+        assert_eq!(counts.next_maturing(then, window), None);
+    }
 
     #[test]
     fn impressions_stay_ordered_and_bounded() {

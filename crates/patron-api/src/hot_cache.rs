@@ -1,11 +1,12 @@
-//! Serialized profiles of hot customers.
+//! What hot customers' requests have in common, kept between requests.
 //!
 //! On the event clock a profile is a pure function of the committed state (the store's
 //! generation) and of the scoring view it is ranked against (RFM population, user segments, CLV
 //! model). Its JSON can therefore be answered again for as long as both are unchanged: a
 //! customer asked for thousands of times a second is scored once per commit or view rebuild
-//! instead of on every request. Every entry carries the [`Tag`] it was made under, and a
-//! different tag is a miss, so one commit or rebuild retires every entry at once (they then
+//! instead of on every request. The same holds for everything in an offer decision except its
+//! draws and its id ([`crate::offers`]). Every entry carries the [`Tag`] it was made under, and
+//! a different tag is a miss, so one commit or rebuild retires every entry at once (they then
 //! age out under the cache's eviction policy). On the wall clock recency moves with every
 //! request, so nothing is cached.
 
@@ -27,37 +28,52 @@ pub struct Tag {
     pub view: u64,
 }
 
-#[derive(Clone)]
-struct Entry {
-    tag: Tag,
-    body: Bytes,
+/// A cached value's size in memory, roughly, in bytes.
+pub trait Weigh {
+    fn weigh(&self) -> u64;
 }
 
-/// Entries weigh their bytes (key, body, and bookkeeping).
-#[derive(Clone)]
-struct ByBytes;
-
-/// Bookkeeping per entry beyond its key and body, roughly.
-const ENTRY_OVERHEAD: u64 = 64;
-/// A typical rich profile's JSON, to size the table.
-const TYPICAL_ENTRY: u64 = 1536;
-
-impl Weighter<String, Entry> for ByBytes {
-    fn weight(&self, key: &String, entry: &Entry) -> u64 {
-        key.len() as u64 + entry.body.len() as u64 + ENTRY_OVERHEAD
+impl Weigh for Bytes {
+    fn weigh(&self) -> u64 {
+        self.len() as u64
     }
 }
 
-pub struct ProfileCache {
-    cache: Option<Cache<String, Entry, ByBytes>>,
+#[derive(Clone)]
+struct Entry<V> {
+    tag: Tag,
+    value: V,
+}
+
+/// Entries weigh their bytes (key, value, and bookkeeping).
+#[derive(Clone)]
+struct ByBytes;
+
+/// Bookkeeping per entry beyond its key and value, roughly.
+const ENTRY_OVERHEAD: u64 = 64;
+/// A typical entry (a rich profile's JSON), to size the table.
+const TYPICAL_ENTRY: u64 = 1536;
+
+impl<V: Weigh> Weighter<String, Entry<V>> for ByBytes {
+    fn weight(&self, key: &String, entry: &Entry<V>) -> u64 {
+        key.len() as u64 + entry.value.weigh() + ENTRY_OVERHEAD
+    }
+}
+
+/// Values by key, each answered only under the [`Tag`] it was made under.
+pub struct TaggedCache<V> {
+    cache: Option<Cache<String, Entry<V>, ByBytes>>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
 
+/// Serialized profiles (`[api] profile_cache_mb`).
+pub type ProfileCache = TaggedCache<Bytes>;
+
 /// Counters for `/v1/status`.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ProfileCacheStats {
-    /// `false` with `[api] profile_cache_mb = 0` or on the wall clock.
+pub struct CacheStats {
+    /// `false` when its size is 0 or on the wall clock.
     pub enabled: bool,
     pub entries: u64,
     pub bytes: u64,
@@ -66,7 +82,7 @@ pub struct ProfileCacheStats {
     pub misses: u64,
 }
 
-impl ProfileCache {
+impl<V: Weigh + Clone> TaggedCache<V> {
     /// A cache of at most `capacity_bytes` (0: none).
     pub fn new(capacity_bytes: u64) -> Self {
         let cache = (capacity_bytes > 0).then(|| {
@@ -80,22 +96,27 @@ impl ProfileCache {
         }
     }
 
-    /// `[api] profile_cache_mb`, and none on the wall clock.
-    pub fn for_config(config: &PatronConfig) -> Self {
+    /// `mb` MiB (`[api] profile_cache_mb` or `decision_cache_mb`), and none on the wall clock.
+    pub fn for_config(config: &PatronConfig, mb: u64) -> Self {
         let bytes = match config.scoring.clock {
-            Clock::Event => config.api.profile_cache_mb.saturating_mul(1 << 20),
+            Clock::Event => mb.saturating_mul(1 << 20),
             Clock::Wall => 0,
         };
         Self::new(bytes)
     }
 
-    /// The JSON made for `id` under `tag`, if there is one.
-    pub fn get(&self, id: &str, tag: Tag) -> Option<Bytes> {
+    /// The value made for `key` under `tag`, if there is one.
+    pub fn get(&self, key: &str, tag: Tag) -> Option<V> {
+        self.get_if(key, tag, |_| true)
+    }
+
+    /// [`Self::get`], when the value also passes `fresh`.
+    pub fn get_if(&self, key: &str, tag: Tag, fresh: impl FnOnce(&V) -> bool) -> Option<V> {
         let cache = self.cache.as_ref()?;
-        match cache.get(id) {
-            Some(entry) if entry.tag == tag => {
+        match cache.get(key) {
+            Some(entry) if entry.tag == tag && fresh(&entry.value) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                Some(entry.body)
+                Some(entry.value)
             }
             _ => {
                 self.misses.fetch_add(1, Ordering::Relaxed);
@@ -104,18 +125,18 @@ impl ProfileCache {
         }
     }
 
-    pub fn insert(&self, id: &str, tag: Tag, body: Bytes) {
+    pub fn insert(&self, key: &str, tag: Tag, value: V) {
         if let Some(cache) = &self.cache {
-            cache.insert(id.to_owned(), Entry { tag, body });
+            cache.insert(key.to_owned(), Entry { tag, value });
         }
     }
 
-    pub fn stats(&self) -> ProfileCacheStats {
+    pub fn stats(&self) -> CacheStats {
         let (entries, bytes, capacity_bytes) = self
             .cache
             .as_ref()
             .map_or((0, 0, 0), |c| (c.len() as u64, c.weight(), c.capacity()));
-        ProfileCacheStats {
+        CacheStats {
             enabled: self.cache.is_some(),
             entries,
             bytes,
@@ -171,8 +192,9 @@ mod tests {
     fn the_wall_clock_caches_nothing() {
         let mut config = PatronConfig::default();
         config.scoring.clock = Clock::Wall;
-        assert!(!ProfileCache::for_config(&config).stats().enabled);
+        assert!(!ProfileCache::for_config(&config, 64).stats().enabled);
         config.scoring.clock = Clock::Event;
-        assert!(ProfileCache::for_config(&config).stats().enabled);
+        assert!(ProfileCache::for_config(&config, 64).stats().enabled);
+        assert!(!ProfileCache::for_config(&config, 0).stats().enabled);
     }
 }
