@@ -257,14 +257,13 @@ pub(crate) fn profile_and_row(
         staleness_seconds: view.built.elapsed().as_secs_f64(),
     };
     let now = as_of.unwrap_or_else(now_millis);
-    let half_life_ms = config.engagement.half_life.as_millis().max(1) as f64;
+    let half_life_ms = half_life_ms(config);
     p.engagement = s
         .engagement
         .iter()
         .map(|c| (c.key.clone(), c.value_at(now, half_life_ms)))
         .collect();
-    p.affinity = s
-        .top_categories(config.engagement.top_categories, now, half_life_ms)
+    p.affinity = top_categories(config, s, as_of)
         .into_iter()
         .map(|(category, score)| CategoryAffinity { category, score })
         .collect();
@@ -284,6 +283,22 @@ pub(crate) fn profile_and_row(
         true => Some(with_segments(row, &p.segments)?),
     };
     Ok((p, row))
+}
+
+/// `[engagement] half_life` in milliseconds, at least 1.
+fn half_life_ms(config: &PatronConfig) -> f64 {
+    config.engagement.half_life.as_millis().max(1) as f64
+}
+
+/// The customer's top categories (`[engagement] top_categories`) by spend decayed to `as_of`
+/// (now on the wall clock), best first.
+pub(crate) fn top_categories(
+    config: &PatronConfig,
+    s: &CustomerState,
+    as_of: Option<Millis>,
+) -> Vec<(String, f64)> {
+    let at = as_of.unwrap_or_else(now_millis);
+    s.top_categories(config.engagement.top_categories, at, half_life_ms(config))
 }
 
 /// `row` with its `segments` column replaced by `segments`.

@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::customers::{find, json_body, profile_and_row};
+use crate::customers::{find, json_body, profile_and_row, top_categories};
 use crate::error::{ErrorBody, JsonBody};
 use crate::hot_cache::{Tag, Weigh};
 use crate::{ApiError, ApiState};
@@ -182,12 +182,7 @@ pub fn compile(offer: Offer) -> Result<CompiledOffer, String> {
         .evaluate(&arrow::array::RecordBatch::new_empty(schema))
         .map_err(|e| format!("`eligible`: {e}"))?;
     let entry = |holdout: bool, reason: String| {
-        serde_json::value::to_raw_value(&Withheld {
-            offer_id: offer.id.clone(),
-            holdout,
-            reason,
-        })
-        .map_err(|e| e.to_string())
+        withheld_entry(&offer.id, holdout, reason).map_err(|e| e.to_string())
     };
     Ok(CompiledOffer {
         reason_tail: format!(
@@ -301,6 +296,8 @@ impl OfferPlan {
         snapshot: &Snapshot,
         generation: u64,
     ) -> Result<Option<Self>, ApiError> {
+        // Compiled from the store rather than taken from the `OfferBook`, whose cached copy may
+        // trail a catalog commit: the generation check below then covers the catalog too.
         let book = compile_catalog(store)?;
         if book.iter().any(|c| c.predicate.is_volatile()) {
             return Ok(None);
@@ -623,15 +620,24 @@ pub struct Withheld {
     pub reason: String,
 }
 
-/// A withheld entry whose reason depends on the request.
-fn withheld(offer: &Offer, reason: String) -> Result<Cow<'static, RawValue>, ApiError> {
+/// A [`Withheld`] entry as JSON.
+fn withheld_entry(
+    offer_id: &str,
+    holdout: bool,
+    reason: String,
+) -> serde_json::Result<Box<RawValue>> {
     serde_json::value::to_raw_value(&Withheld {
-        offer_id: offer.id.clone(),
-        holdout: false,
+        offer_id: offer_id.to_owned(),
+        holdout,
         reason,
     })
-    .map(Cow::Owned)
-    .map_err(ApiError::internal)
+}
+
+/// A withheld entry whose reason depends on the request.
+fn withheld(offer: &Offer, reason: String) -> Result<Cow<'static, RawValue>, ApiError> {
+    withheld_entry(&offer.id, false, reason)
+        .map(Cow::Owned)
+        .map_err(ApiError::internal)
 }
 
 /// The next-best offers for a customer.
@@ -827,14 +833,7 @@ fn prepare(
                 .column_by_name("rfm_segment")
                 .ok_or_else(|| ApiError::internal("no rfm_segment column"))?
                 .as_string::<i32>();
-            let decay_at = found.as_of.unwrap_or_else(now_millis);
-            let half_life_ms = state.config.engagement.half_life.as_millis().max(1) as f64;
-            let top_categories = s
-                .top_categories(
-                    state.config.engagement.top_categories,
-                    decay_at,
-                    half_life_ms,
-                )
+            let top_categories = top_categories(&state.config, s, found.as_of)
                 .into_iter()
                 .map(|(category, _)| category)
                 .collect();

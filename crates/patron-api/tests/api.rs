@@ -99,6 +99,19 @@ async fn call(
     (status, json)
 }
 
+/// POST `/v1/query` as admin.
+async fn admin_query(app: &Router, sql: impl Into<String>) -> (StatusCode, Value) {
+    let sql: String = sql.into();
+    call(
+        app,
+        Method::POST,
+        "/v1/query",
+        Some(ADMIN),
+        Some(json!({ "sql": sql })),
+    )
+    .await
+}
+
 /// PUT an offer into the catalog as admin.
 async fn put_offer(app: &Router, id: &str, body: Value) -> (StatusCode, Value) {
     call(
@@ -408,14 +421,7 @@ async fn query_refuses_writes_and_files() {
         "not sql at all",
         "",
     ] {
-        let (status, body) = call(
-            &f.app,
-            Method::POST,
-            "/v1/query",
-            Some(ADMIN),
-            Some(json!({"sql": sql})),
-        )
-        .await;
+        let (status, body) = admin_query(&f.app, sql).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{sql}: {body}");
         assert!(body["error"]["code"].is_string(), "{sql}: {body}");
     }
@@ -425,14 +431,7 @@ async fn query_refuses_writes_and_files() {
         "COPY customers TO '/tmp/patron-api-copy.csv'",
         "INSERT INTO customers (customer_id) VALUES ('x')",
     ] {
-        let (_, body) = call(
-            &f.app,
-            Method::POST,
-            "/v1/query",
-            Some(ADMIN),
-            Some(json!({"sql": sql})),
-        )
-        .await;
+        let (_, body) = admin_query(&f.app, sql).await;
         assert_error(&body, "refused");
     }
     // Bodies that are not {"sql": string}.
@@ -516,14 +515,7 @@ async fn body_over_the_limit_is_413() {
     cfg.api.max_body_bytes = 64;
     let f = fixture_with(cfg, &events(), QueryLimits::default());
     let sql = format!("SELECT 1 -- {}", "x".repeat(200));
-    let (status, body) = call(
-        &f.app,
-        Method::POST,
-        "/v1/query",
-        Some(ADMIN),
-        Some(json!({"sql": sql})),
-    )
-    .await;
+    let (status, body) = admin_query(&f.app, sql).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert_error(&body, "payload_too_large");
 }
@@ -1187,14 +1179,7 @@ async fn planned_and_per_row_decisions_agree_with_sql() {
     let sql_ids = |sql: String| {
         let app = f.app.clone();
         async move {
-            let (status, rows) = call(
-                &app,
-                Method::POST,
-                "/v1/query",
-                Some(ADMIN),
-                Some(json!({"sql": sql})),
-            )
-            .await;
+            let (status, rows) = admin_query(&app, sql).await;
             assert_eq!(status, StatusCode::OK, "{rows}");
             rows["rows"]
                 .as_array()
