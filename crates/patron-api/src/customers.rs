@@ -159,7 +159,7 @@ pub(crate) fn find(
         return Err(ApiError::not_found(format!("no customer `{id}`")));
     };
     let as_of = match state.config.scoring.clock {
-        Clock::Event => reader.counters().map_err(ApiError::internal)?.as_of,
+        Clock::Event => reader.event_clock().map_err(ApiError::internal)?,
         Clock::Wall => Some(now_millis()),
     };
     Ok(Found {

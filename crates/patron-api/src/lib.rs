@@ -11,7 +11,8 @@
 //! - [`view`]: the cached scoring view (snapshot tables, RFM distribution, CLV model).
 //! - [`customers`]: `GET /v1/customers/{id}`, the profile; `DELETE`, erasure through the log.
 //! - [`events`]: `POST /v1/events`, validated intake produced to the source topic.
-//! - [`offers`]: the offer catalog and next-best-offer decisions.
+//! - [`offers`]: the offer catalog and next-best-offer decisions; [`decision_json`] writes
+//!   their response bodies from pieces escaped once.
 //! - [`segments`]: segment counts and paged members.
 //! - [`kpis`]: KPIs, cohorts, KPI history, objectives; streamed segment exports.
 //! - [`query`]: read-only SQL with row and time limits; JSON or Arrow IPC.
@@ -24,6 +25,7 @@
 pub mod auth;
 pub mod customers;
 pub mod dashboard;
+pub mod decision_json;
 pub mod error;
 pub mod events;
 pub mod hot_cache;

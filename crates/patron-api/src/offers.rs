@@ -29,11 +29,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use patron_core::config::{Exploration, OfferConfig, Role};
-use patron_core::offer::{Posterior, decision_id, in_holdout};
+use patron_core::offer::{Posterior, in_holdout};
 use patron_core::time::{Millis, now_millis, parse_rfc3339};
 use patron_query::Snapshot;
 use patron_query::snapshot::{CompiledPredicate, customers_schema};
 use patron_store::{ContactRecord, OfferCounts, Store};
+use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Beta, Distribution};
 use serde::{Deserialize, Serialize};
@@ -41,6 +42,7 @@ use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::customers::{find, json_body, profile_and_row, top_categories};
+use crate::decision_json::{CustomerJson, Ranked, RankedJson, rounded};
 use crate::error::{ErrorBody, JsonBody};
 use crate::hot_cache::{Tag, Weigh};
 use crate::{ApiError, ApiState};
@@ -118,10 +120,11 @@ pub struct CompiledOffer {
     ends: Option<Millis>,
     window_ms: Option<i64>,
     cooldown_ms: Option<i64>,
-    /// The end of a ranked offer's reason: ` × value V − cost C`.
-    reason_tail: String,
+    /// Its JSON as a ranked offer, less the per-request numbers.
+    ranked: RankedJson,
     /// The entries that do not depend on the customer or the request, serialized once.
     not_active: Box<RawValue>,
+    off_channel: Box<RawValue>,
     not_eligible: Box<RawValue>,
     held_out: Box<RawValue>,
 }
@@ -184,13 +187,18 @@ pub fn compile(offer: Offer) -> Result<CompiledOffer, String> {
     let entry = |holdout: bool, reason: String| {
         withheld_entry(&offer.id, holdout, reason).map_err(|e| e.to_string())
     };
+    let reason_tail = format!(
+        " × value {} − cost {}",
+        rounded(offer.value, 2),
+        rounded(offer.cost, 2)
+    );
     Ok(CompiledOffer {
-        reason_tail: format!(
-            " × value {} − cost {}",
-            rounded(offer.value, 2),
-            rounded(offer.cost, 2)
-        ),
+        ranked: RankedJson::new(&offer, &reason_tail).map_err(|e| e.to_string())?,
         not_active: entry(false, "not_active: outside starts/ends".into())?,
+        off_channel: entry(
+            false,
+            format!("channel: offered only on {}", offer.channels.join(", ")),
+        )?,
         not_eligible: entry(false, format!("not_eligible: {}", offer.eligible))?,
         held_out: entry(
             true,
@@ -574,9 +582,14 @@ pub struct DecisionParams {
     pub channel: Option<String>,
     /// How many offers to return, 1 to 50 (default 3).
     pub limit: Option<usize>,
+    /// Also list every offer not made and why (`suppressed`); default false.
+    pub explain: Option<bool>,
 }
 
 /// Ranked offers for one customer, with why each was or was not offered.
+///
+/// The body's documented shape; [`crate::decision_json`] writes it without building this value,
+/// and a test holds the two equal.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Decision<'a> {
     pub customer_id: &'a str,
@@ -591,16 +604,19 @@ pub struct Decision<'a> {
     /// Eligible offers this customer is held out of (control group): not offered.
     #[schema(value_type = Vec<Withheld>)]
     pub held_out: &'a RawValue,
-    /// Offers not made, and why: `not_active`, `channel`, `not_eligible`, `capped`, `cooldown`.
-    #[schema(value_type = Vec<Withheld>)]
-    pub suppressed: &'a RawValue,
+    /// With `explain=true` only: offers not made, and why (`not_active`, `channel`,
+    /// `not_eligible`, `capped`, `cooldown`).
+    #[schema(value_type = Option<Vec<Withheld>>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RankedOffer<'a> {
     pub offer_id: &'a str,
     pub name: &'a str,
-    /// p_accept × value − cost + affinity_boost.
+    /// p_accept × value − cost + affinity_boost (ranked unrounded; shown, like p_accept and
+    /// affinity_boost, rounded to 6 decimals).
     pub score: f64,
     pub p_accept: f64,
     pub value: f64,
@@ -701,66 +717,63 @@ pub async fn decide(
 
     let exploration = state.config.offers.exploration();
     let n = state.offers.decisions.fetch_add(1, Ordering::Relaxed);
+    // Draws need no cryptographic strength; a small generator seeded per decision is enough.
     let mut rng = match state.config.offers.seed() {
-        Some(seed) => {
-            rand::rngs::StdRng::seed_from_u64(seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        }
-        None => rand::rngs::StdRng::from_rng(&mut rand::rng()),
+        Some(seed) => SmallRng::seed_from_u64(seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        None => SmallRng::from_rng(&mut rand::rng()),
     };
-    let segment = prepared.rfm_segment.as_str();
     let exploration_name = match exploration {
         Exploration::Thompson => "thompson",
         Exploration::Greedy => "greedy",
     };
-    let decision_id = decision_id(rng.random(), segment);
-    // Candidates are scored first; only the `limit` best are dressed for the response.
-    let mut candidates: Vec<Candidate<'_>> = prepared
+    let token = rng.random();
+    // Candidates are scored first; only the `limit` best are written.
+    let mut ranked: Vec<Ranked<'_>> = prepared
         .candidates
         .iter()
         .map(|e| {
-            let offer = &prepared.book[e.offer];
-            let o = &offer.offer;
-            let p_accept = match exploration {
-                Exploration::Greedy => e.posterior.mean(),
-                Exploration::Thompson => Beta::new(e.posterior.alpha, e.posterior.beta)
-                    .map(|b| b.sample(&mut rng))
-                    .unwrap_or_else(|_| e.posterior.mean()),
+            let c = &prepared.book[e.offer];
+            let o = &c.offer;
+            let p_accept = match (exploration, &e.draw) {
+                (Exploration::Thompson, Some(beta)) => beta.sample(&mut rng),
+                _ => e.posterior.mean(),
             };
-            let affinity_boost = if e.affine {
-                state.config.offers.affinity_boost() * o.value
-            } else {
-                0.0
-            };
-            Candidate {
-                offer,
-                score: p_accept * o.value - o.cost + affinity_boost,
+            let affinity_boost = e
+                .affine
+                .then(|| state.config.offers.affinity_boost() * o.value);
+            Ranked {
+                json: &c.ranked,
+                score: p_accept * o.value - o.cost + affinity_boost.unwrap_or(0.0),
                 p_accept,
-                posterior: e.posterior,
+                alpha: e.posterior.alpha,
+                beta: e.posterior.beta,
                 affinity_boost,
-                affine: e.affine,
             }
         })
         .collect();
-    candidates.sort_by(|a, b| {
-        b.score
-            .total_cmp(&a.score)
-            .then_with(|| a.offer.offer.id.cmp(&b.offer.offer.id))
-    });
-    candidates.truncate(limit);
-    let decision = Decision {
-        customer_id: &prepared.customer_id,
-        rfm_segment: segment,
-        decision_id,
-        exploration: exploration_name,
-        offers: candidates
-            .into_iter()
-            .map(|c| c.ranked(exploration_name, segment))
-            .collect(),
-        held_out: &prepared.held_out,
-        suppressed: &prepared.suppressed,
-    };
-    let mut body = Vec::with_capacity(4096);
-    serde_json::to_writer(&mut body, &decision).map_err(ApiError::internal)?;
+    // Candidates come in catalog order, which is id order, and the sort is stable: ties go
+    // to the smaller id.
+    ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
+    ranked.truncate(limit);
+    let held_out = prepared.held_out.get();
+    let suppressed = params
+        .explain
+        .unwrap_or(false)
+        .then(|| prepared.suppressed.get());
+    let mut body = Vec::with_capacity(
+        256 + held_out.len()
+            + suppressed.map_or(0, str::len)
+            + ranked.len() * prepared.ranked_bytes,
+    );
+    crate::decision_json::write(
+        &mut body,
+        &prepared.customer,
+        token,
+        exploration_name,
+        &ranked,
+        held_out,
+        suppressed,
+    );
     Ok(json_body(Bytes::from(body)))
 }
 
@@ -769,8 +782,7 @@ pub async fn decide(
 pub struct Prepared {
     /// The catalog the offer numbers below refer to.
     book: Arc<Vec<CompiledOffer>>,
-    customer_id: String,
-    rfm_segment: String,
+    customer: CustomerJson,
     /// Offers that passed every check, in catalog order.
     candidates: Vec<Eligible>,
     /// JSON arrays of [`Withheld`].
@@ -781,13 +793,14 @@ pub struct Prepared {
     valid_until: Millis,
     /// Made from the view's [`OfferPlan`] (only those are cached).
     planned: bool,
+    /// The longest ranked offer's JSON, a hint for the body's capacity.
+    ranked_bytes: usize,
 }
 
 impl Weigh for Arc<Prepared> {
     fn weigh(&self) -> u64 {
         (std::mem::size_of::<Prepared>()
-            + self.customer_id.len()
-            + self.rfm_segment.len()
+            + self.customer.weight()
             + self.candidates.len() * std::mem::size_of::<Eligible>()
             + self.held_out.get().len()
             + self.suppressed.get().len()) as u64
@@ -799,6 +812,8 @@ struct Eligible {
     /// Its number in the book.
     offer: usize,
     posterior: Posterior,
+    /// The posterior as a distribution to draw from (always there for counts plus one).
+    draw: Option<Beta<f64>>,
     /// Its category is among the customer's top categories.
     affine: bool,
 }
@@ -895,7 +910,7 @@ fn prepare(
             && !o.channels.is_empty()
             && !o.channels.iter().any(|allowed| allowed == ch)
         {
-            suppressed.push(withheld(o, format!("channel: not offered on `{ch}`"))?);
+            suppressed.push(Cow::Borrowed(&c.off_channel));
             continue;
         }
         if !subject.eligible(i, c)? {
@@ -952,6 +967,7 @@ fn prepare(
             .is_some_and(|cat| subject.top_categories.contains(cat));
         candidates.push(Eligible {
             offer: i,
+            draw: Beta::new(posterior.alpha, posterior.beta).ok(),
             posterior,
             affine,
         });
@@ -959,8 +975,12 @@ fn prepare(
     let held_out = serde_json::value::to_raw_value(&held_out).map_err(ApiError::internal)?;
     let suppressed = serde_json::value::to_raw_value(&suppressed).map_err(ApiError::internal)?;
     Ok(Prepared {
-        customer_id: customer.clone(),
-        rfm_segment: subject.rfm_segment.clone(),
+        customer: CustomerJson::new(customer, &subject.rfm_segment).map_err(ApiError::internal)?,
+        ranked_bytes: candidates
+            .iter()
+            .map(|e| book[e.offer].ranked.capacity_hint())
+            .max()
+            .unwrap_or(0),
         planned: matches!(subject.eligibility, Eligibility::Planned { .. }),
         book,
         candidates,
@@ -968,74 +988,6 @@ fn prepare(
         suppressed,
         valid_until,
     })
-}
-
-/// `x` rounded to `digits` decimals.
-fn rounded(x: f64, digits: i32) -> f64 {
-    let scale = 10f64.powi(digits);
-    (x * scale).round() / scale
-}
-
-/// A Beta parameter: an integer (one plus a count) printed as one, without float formatting.
-struct Count(f64);
-
-impl std::fmt::Display for Count {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0.fract() == 0.0 && self.0.abs() < 1e15 {
-            write!(f, "{}", self.0 as i64)
-        } else {
-            write!(f, "{}", self.0)
-        }
-    }
-}
-
-/// An offer that passed every check, scored.
-struct Candidate<'a> {
-    offer: &'a CompiledOffer,
-    score: f64,
-    p_accept: f64,
-    posterior: Posterior,
-    affinity_boost: f64,
-    /// The offer's category is among the customer's top categories.
-    affine: bool,
-}
-
-impl<'a> Candidate<'a> {
-    fn ranked(self, exploration: &str, segment: &str) -> RankedOffer<'a> {
-        use std::fmt::Write as _;
-        let o = &self.offer.offer;
-        // Rounded, then printed shortest (fixed-precision float formatting costs more than the
-        // rest of the decision); the Beta parameters are counts plus one, printed as integers;
-        // the part that depends only on the offer was written when it was compiled.
-        let mut reason = String::with_capacity(128);
-        let _ = write!(
-            reason,
-            "p_accept {} ({exploration} of Beta({}, {}) for {segment})",
-            rounded(self.p_accept, 4),
-            Count(self.posterior.alpha),
-            Count(self.posterior.beta),
-        );
-        reason.push_str(&self.offer.reason_tail);
-        if self.affine {
-            let _ = write!(
-                reason,
-                " + affinity {} (top category)",
-                rounded(self.affinity_boost, 2)
-            );
-        }
-        RankedOffer {
-            offer_id: &o.id,
-            name: &o.name,
-            score: self.score,
-            p_accept: self.p_accept,
-            value: o.value,
-            cost: o.cost,
-            affinity_boost: self.affinity_boost,
-            category: o.category.as_deref(),
-            holdout: false,
-            reason,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -1065,6 +1017,106 @@ mod tests {
         let c = compile(offer("frequency >= 2 AND rfm_segment <> 'Lost'")).unwrap();
         assert_eq!(c.window_ms, Some(7 * 86_400_000));
         assert_eq!(c.cooldown_ms, Some(30 * 86_400_000));
+    }
+
+    /// The hand-written body is exactly serde's serialization of [`Decision`], the type the
+    /// OpenAPI document shows, for text that needs escaping and numbers of every kind.
+    #[test]
+    fn a_written_decision_is_the_documented_type() {
+        let mut tricky = offer("true");
+        tricky.id = "o\"1\\é".into();
+        tricky.name = "Ten \"off\"\n".into();
+        tricky.category = Some("home & garden".into());
+        tricky.value = 12.5;
+        tricky.cost = 0.0;
+        let tricky = compile(tricky).unwrap();
+        let plain = compile(offer("true")).unwrap();
+        let segment = "Can't \"Lose\"";
+        let customer = CustomerJson::new("c\"42", segment).unwrap();
+        let ranked = [
+            Ranked {
+                json: &tricky.ranked,
+                score: 7.25,
+                p_accept: 0.612_345_67,
+                alpha: 3.0,
+                beta: 7.0,
+                affinity_boost: Some(1.875),
+            },
+            Ranked {
+                json: &plain.ranked,
+                score: -0.5,
+                p_accept: 0.05,
+                alpha: 1.0,
+                beta: 12.0,
+                affinity_boost: None,
+            },
+        ];
+        let held_out = r#"[{"offer_id":"h","holdout":true,"reason":"holdout: 10%"}]"#;
+        let mut body = Vec::new();
+        crate::decision_json::write(
+            &mut body, &customer, 0xabc, "thompson", &ranked, held_out, None,
+        );
+        let written: serde_json::Value = serde_json::from_slice(&body).unwrap();
+
+        let expected = Decision {
+            customer_id: "c\"42",
+            rfm_segment: segment,
+            decision_id: patron_core::offer::decision_id(0xabc, segment),
+            exploration: "thompson",
+            offers: vec![
+                RankedOffer {
+                    offer_id: "o\"1\\é",
+                    name: "Ten \"off\"\n",
+                    score: 7.25,
+                    // Rounded to six decimals.
+                    p_accept: 0.612_346,
+                    value: 12.5,
+                    cost: 0.0,
+                    affinity_boost: 1.875,
+                    category: Some("home & garden"),
+                    holdout: false,
+                    reason: "p_accept 0.6123 (thompson of Beta(3, 7) for Can't \"Lose\") × value \
+                             12.5 − cost 0 + affinity 1.88 (top category)"
+                        .into(),
+                },
+                RankedOffer {
+                    offer_id: "o1",
+                    name: "Ten off",
+                    score: -0.5,
+                    p_accept: 0.05,
+                    value: 10.0,
+                    cost: 1.0,
+                    affinity_boost: 0.0,
+                    category: None,
+                    holdout: false,
+                    reason: "p_accept 0.05 (thompson of Beta(1, 12) for Can't \"Lose\") × value \
+                             10 − cost 1"
+                        .into(),
+                },
+            ],
+            held_out: &RawValue::from_string(held_out.into()).unwrap(),
+            suppressed: None,
+        };
+        assert_eq!(written, serde_json::to_value(&expected).unwrap());
+
+        let suppressed = r#"[{"offer_id":"s","holdout":false,"reason":"not_active: x"}]"#;
+        let explained = RawValue::from_string(suppressed.into()).unwrap();
+        let mut body = Vec::new();
+        crate::decision_json::write(
+            &mut body,
+            &customer,
+            0xabc,
+            "thompson",
+            &ranked,
+            held_out,
+            Some(suppressed),
+        );
+        let written: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let expected = Decision {
+            suppressed: Some(&explained),
+            ..expected
+        };
+        assert_eq!(written, serde_json::to_value(&expected).unwrap());
     }
 
     #[test]

@@ -1051,7 +1051,7 @@ async fn offers_rank_eligible_offers_and_explain_the_rest() {
     let (_, catalog) = call(&f.app, Method::GET, "/v1/offers/catalog", Some(ADMIN), None).await;
     assert_eq!(catalog["offers"].as_array().unwrap().len(), 8, "{catalog}");
 
-    let uri = "/v1/customers/anon-1/offers?channel=email&limit=5";
+    let uri = "/v1/customers/anon-1/offers?channel=email&limit=5&explain=true";
     let (status, d) = call(&f.app, Method::GET, uri, Some(MARKETING), None).await;
     assert_eq!(status, StatusCode::OK, "{d}");
     assert_eq!(d["customer_id"], "alice", "an alias resolves");
@@ -1106,6 +1106,24 @@ async fn offers_rank_eligible_offers_and_explain_the_rest() {
             .unwrap()
             .ends_with(d["rfm_segment"].as_str().unwrap())
     );
+    // Without `explain` the same decision leaves out only the suppressed list.
+    let (status, mut plain) = call(
+        &f.app,
+        Method::GET,
+        "/v1/customers/anon-1/offers?channel=email&limit=5",
+        Some(MARKETING),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{plain}");
+    assert!(plain.get("suppressed").is_none(), "{plain:#}");
+    let mut explained = d.clone();
+    for decision in [&mut plain, &mut explained] {
+        let fields = decision.as_object_mut().unwrap();
+        fields.remove("decision_id");
+        fields.remove("suppressed");
+    }
+    assert_eq!(plain, explained);
 
     // Validation and lookups.
     let (status, _) = call(
@@ -1212,7 +1230,7 @@ async fn planned_and_per_row_decisions_agree_with_sql() {
         async move {
             let mut out = std::collections::BTreeMap::new();
             for c in &customers {
-                let uri = format!("/v1/customers/{c}/offers?limit=50");
+                let uri = format!("/v1/customers/{c}/offers?limit=50&explain=true");
                 let (status, mut d) = call(&app, Method::GET, &uri, Some(MARKETING), None).await;
                 assert_eq!(status, StatusCode::OK, "{d}");
                 d.as_object_mut().unwrap().remove("decision_id");
@@ -1303,7 +1321,7 @@ async fn a_cached_decision_ends_when_an_offer_starts() {
     let offered = || {
         let app = f.app.clone();
         async move {
-            let uri = "/v1/customers/bob/offers?limit=5";
+            let uri = "/v1/customers/bob/offers?limit=5&explain=true";
             let (status, d) = call(&app, Method::GET, uri, Some(MARKETING), None).await;
             assert_eq!(status, StatusCode::OK, "{d}");
             let ids = |list: &str| -> Vec<String> {

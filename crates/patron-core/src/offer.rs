@@ -12,7 +12,20 @@ pub const UNATTRIBUTED: &str = "unattributed";
 
 /// A decision id: a unique token, then the segment it was decided in.
 pub fn decision_id(token: u64, segment: &str) -> String {
-    format!("{token:016x}{DECISION_SEPARATOR}{segment}")
+    let mut id = String::with_capacity(17 + segment.len());
+    id.extend(decision_id_prefix(token).map(char::from));
+    id.push_str(segment);
+    id
+}
+
+/// A decision id up to its segment: the token as 16 hex digits, then the separator.
+pub fn decision_id_prefix(token: u64) -> [u8; 17] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut prefix = [DECISION_SEPARATOR as u8; 17];
+    for (i, digit) in prefix[..16].iter_mut().enumerate() {
+        *digit = HEX[(token >> (60 - 4 * i)) as usize & 0xf];
+    }
+    prefix
 }
 
 /// The segment a feedback event's decision id names, or [`UNATTRIBUTED`].
@@ -71,6 +84,7 @@ mod tests {
     fn decision_ids_carry_their_segment() {
         let id = decision_id(0xabc, "Can't Lose Them");
         assert_eq!(id, "0000000000000abc~Can't Lose Them");
+        assert_eq!(decision_id(0xfedc_ba98_7654_3210, ""), "fedcba9876543210~");
         assert_eq!(decision_segment(Some(&id)), "Can't Lose Them");
         assert_eq!(decision_segment(Some("foreign-id")), UNATTRIBUTED);
         assert_eq!(decision_segment(None), UNATTRIBUTED);

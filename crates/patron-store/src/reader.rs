@@ -1,6 +1,9 @@
 //! Read snapshots: point lookups that follow aliases, and scans.
 
+use std::sync::OnceLock;
+
 use patron_core::state::CustomerState;
+use patron_core::time::Millis;
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable};
 
 use crate::Result;
@@ -34,6 +37,8 @@ pub struct StoreReader {
     /// `None` in a store written before offers existed.
     pub(crate) offer_contacts: Option<PairTable>,
     pub(crate) offer_stats: Option<PairTable>,
+    /// `counters().as_of`, read once: every point read on the event clock asks for it.
+    event_clock: OnceLock<Option<Millis>>,
 }
 
 /// A table keyed by two strings (customer and offer, offer and segment).
@@ -63,6 +68,7 @@ impl StoreReader {
             meta: txn.open_table(META)?,
             offer_contacts: open_optional(&txn, OFFER_CONTACTS)?,
             offer_stats: open_optional(&txn, OFFER_STATS)?,
+            event_clock: OnceLock::new(),
             txn,
         })
     }
@@ -70,6 +76,16 @@ impl StoreReader {
     /// See [`crate::Store::generation`]: equal generations, equal data.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The largest event time applied in this snapshot (the event clock), as in
+    /// [`Self::counters`], decoded once per snapshot.
+    pub fn event_clock(&self) -> Result<Option<Millis>> {
+        if let Some(&as_of) = self.event_clock.get() {
+            return Ok(as_of);
+        }
+        let as_of = self.counters()?.as_of;
+        Ok(*self.event_clock.get_or_init(|| as_of))
     }
 
     /// The canonical id `id` resolves to through the alias table (itself when not an alias).
