@@ -5,9 +5,10 @@
 //! Each offer's eligibility predicate is compiled once per catalog version into a physical
 //! expression over the `customers` schema, the same columns as in SQL. With each scoring view
 //! an [`OfferPlan`] evaluates every predicate over the view's whole population at once; a
-//! decision on the view's own generation then only looks up the customer's bit. Otherwise
-//! (a commit since the view, the wall clock, a predicate calling `now()`) the predicates run
-//! on the customer's one-row batch per request.
+//! decision on the view's own generation, or for a customer unchanged since the view, then
+//! only looks up the customer's bit. Otherwise
+//! (a change to the customer since the view, the wall clock, a predicate calling `now()`) the
+//! predicates run on the customer's one-row batch per request.
 //!
 //! A decision, per offer: validity window, channel, eligibility, then the holdout (a stable hash
 //! of customer and offer), then contact policy from the committed contact history
@@ -219,19 +220,24 @@ pub fn compile(offer: Offer) -> Result<CompiledOffer, String> {
 /// The compiled catalog, rebuilt only when the catalog changes.
 #[derive(Default)]
 pub struct OfferBook {
-    current: RwLock<Option<Arc<Vec<CompiledOffer>>>>,
+    current: RwLock<Option<Arc<Book>>>,
     /// Decisions made, to derive seeded draws.
     decisions: AtomicU64,
     /// Decisions whose eligibility came from the view's [`OfferPlan`].
     planned: AtomicU64,
+    /// Of those, decisions made after a commit, for a customer unchanged since the view.
+    planned_unchanged: AtomicU64,
 }
 
 /// Decision counters for `/v1/status`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DecisionStats {
     pub decisions: u64,
-    /// Eligibility read from the scoring view's plan (nothing committed since the view).
+    /// Eligibility read from the scoring view's plan: nothing committed since the view, or the
+    /// customer's stored record unchanged since it.
     pub planned: u64,
+    /// Of `planned`, those made after a commit (customer unchanged since the view).
+    pub planned_unchanged: u64,
     /// Eligibility evaluated on the customer's own row.
     pub evaluated: u64,
 }
@@ -247,11 +253,12 @@ impl OfferBook {
         DecisionStats {
             decisions,
             planned,
+            planned_unchanged: self.planned_unchanged.load(Ordering::Relaxed),
             evaluated: decisions.saturating_sub(planned),
         }
     }
 
-    pub fn get(&self, store: &Store) -> Result<Arc<Vec<CompiledOffer>>, ApiError> {
+    pub fn get(&self, store: &Store) -> Result<Arc<Book>, ApiError> {
         if let Some(c) = self.current.read().expect("offer book lock").clone() {
             return Ok(c);
         }
@@ -261,10 +268,30 @@ impl OfferBook {
     }
 }
 
+/// A compiled catalog, in id order, and a hash of the stored entries it was compiled from.
+pub struct Book {
+    offers: Vec<CompiledOffer>,
+    /// Equal fingerprints, equal catalogs.
+    fingerprint: u64,
+}
+
+impl std::ops::Deref for Book {
+    type Target = [CompiledOffer];
+
+    fn deref(&self) -> &[CompiledOffer] {
+        &self.offers
+    }
+}
+
 /// The stored catalog, compiled, in id order.
-fn compile_catalog(store: &Store) -> Result<Vec<CompiledOffer>, ApiError> {
+fn compile_catalog(store: &Store) -> Result<Book, ApiError> {
     let mut offers = Vec::new();
+    let mut fingerprint = 0u64;
     for (id, json) in store.offer_catalog().map_err(ApiError::internal)? {
+        fingerprint = xxhash_rust::xxh3::xxh3_64_with_seed(
+            &json,
+            xxhash_rust::xxh3::xxh3_64_with_seed(id.as_bytes(), fingerprint),
+        );
         let offer: Offer = serde_json::from_slice(&json)
             .map_err(|e| ApiError::internal(format!("stored offer `{id}`: {e}")))?;
         // Stored offers were checked on the way in; one that no longer compiles (a schema
@@ -274,18 +301,23 @@ fn compile_catalog(store: &Store) -> Result<Vec<CompiledOffer>, ApiError> {
             Err(e) => tracing::error!("stored offer `{id}` is skipped: {e}"),
         }
     }
-    Ok(offers)
+    Ok(Book {
+        offers,
+        fingerprint,
+    })
 }
 
 /// The catalog as a scoring view saw it, with every offer's eligibility decided for the view's
 /// whole population in one vectorized pass per predicate, and every arm's counts.
 ///
-/// It answers only decisions whose read snapshot has the view's generation: equal generations
-/// mean equal data, so the customer's row in the view is exactly the row a per-request
-/// evaluation would build (same state, same ranking population, same `as_of` on the event
-/// clock).
+/// It answers exactly for decisions whose read snapshot has the view's generation: equal
+/// generations mean equal data, so the customer's row in the view is exactly the row a
+/// per-request evaluation would build (same state, same ranking population, same `as_of` on the
+/// event clock). After a commit it still answers eligibility for customers whose stored record
+/// is unchanged (the snapshot's digests) while the catalog is too (the [`Book`] fingerprint),
+/// as of the view's event clock; contact history and arm counts are then read per decision.
 pub struct OfferPlan {
-    pub book: Arc<Vec<CompiledOffer>>,
+    pub book: Arc<Book>,
     /// Per offer, per snapshot batch: the rows that are eligible (a null result is not).
     eligible: Vec<Vec<BooleanBuffer>>,
     /// Per offer: its arms' counts by rfm segment.
@@ -379,6 +411,8 @@ enum Eligibility<'a> {
         plan: &'a OfferPlan,
         batch: usize,
         row: usize,
+        /// Nothing committed since the view: its contact flags and arm counts are current too.
+        exact: bool,
     },
     /// The customer's one-row `customers` batch, each predicate evaluated on it.
     Row(RecordBatch),
@@ -388,15 +422,22 @@ impl Subject<'_> {
     /// Whether the customer may have a contact history to read (the plan knows they have none).
     fn may_have_contacts(&self) -> bool {
         match &self.eligibility {
-            Eligibility::Planned { plan, batch, row } => plan.contacted[*batch].value(*row),
-            Eligibility::Row(_) => true,
+            Eligibility::Planned {
+                plan,
+                batch,
+                row,
+                exact: true,
+            } => plan.contacted[*batch].value(*row),
+            Eligibility::Planned { exact: false, .. } | Eligibility::Row(_) => true,
         }
     }
 
     /// Whether offer number `i` of the book, `c`, is eligible.
     fn eligible(&self, i: usize, c: &CompiledOffer) -> Result<bool, ApiError> {
         match &self.eligibility {
-            Eligibility::Planned { plan, batch, row } => Ok(plan.eligible[i][*batch].value(*row)),
+            Eligibility::Planned {
+                plan, batch, row, ..
+            } => Ok(plan.eligible[i][*batch].value(*row)),
             Eligibility::Row(row) => {
                 let mask = c.predicate.evaluate(row).map_err(ApiError::internal)?;
                 Ok(mask.is_valid(0) && mask.value(0))
@@ -423,10 +464,12 @@ impl Subject<'_> {
             (posterior, counts.next_maturing(now, response_window_ms))
         };
         Ok(match &self.eligibility {
-            Eligibility::Planned { plan, .. } => plan.arms[i]
+            Eligibility::Planned {
+                plan, exact: true, ..
+            } => plan.arms[i]
                 .get(&self.rfm_segment)
                 .map_or_else(|| of(&OfferCounts::default()), of),
-            Eligibility::Row(_) => of(&reader
+            Eligibility::Planned { exact: false, .. } | Eligibility::Row(_) => of(&reader
                 .offer_counts(&c.offer.id, &self.rfm_segment)
                 .map_err(ApiError::internal)?
                 .unwrap_or_default()),
@@ -714,6 +757,12 @@ pub async fn decide(
     if prepared.planned {
         state.offers.planned.fetch_add(1, Ordering::Relaxed);
     }
+    if prepared.since_commit {
+        state
+            .offers
+            .planned_unchanged
+            .fetch_add(1, Ordering::Relaxed);
+    }
 
     let exploration = state.config.offers.exploration();
     let n = state.offers.decisions.fetch_add(1, Ordering::Relaxed);
@@ -781,7 +830,7 @@ pub async fn decide(
 /// share while the store, the view and the clock's relevant instants stay put.
 pub struct Prepared {
     /// The catalog the offer numbers below refer to.
-    book: Arc<Vec<CompiledOffer>>,
+    book: Arc<Book>,
     customer: CustomerJson,
     /// Offers that passed every check, in catalog order.
     candidates: Vec<Eligible>,
@@ -793,6 +842,8 @@ pub struct Prepared {
     valid_until: Millis,
     /// Made from the view's [`OfferPlan`] (only those are cached).
     planned: bool,
+    /// Planned after a commit, for a customer unchanged since the view.
+    since_commit: bool,
     /// The longest ranked offer's JSON, a hint for the body's capacity.
     ranked_bytes: usize,
 }
@@ -830,17 +881,22 @@ fn prepare(
     let found = find(state, view, reader, id)?;
     let s = &found.stored.state;
     let customer = &found.stored.customer_id;
-    // The view's plan answers when nothing was committed since it was made and the customer
-    // is in it; otherwise the customer's own row is built and every predicate runs on it.
-    let planned = found
-        .view
-        .offers
-        .as_ref()
-        .filter(|_| found.reader.generation() == found.view.generation)
-        .and_then(|plan| {
-            let (batch, row) = found.view.snapshot.customer_row(customer)?;
-            Some((plan, batch, row))
-        });
+    // The view's plan answers for a customer in it when nothing was committed since it was
+    // made (exactly the per-row answer), or when a commit came since but left this customer's
+    // stored record and the catalog as they were. Then eligibility and rfm_segment are the
+    // view's, as of its event clock (the same lag as segment membership), while the contact
+    // history and arm counts are read now. Otherwise the customer's own row is built and
+    // every predicate runs on it.
+    let exact = found.reader.generation() == found.view.generation;
+    let mut planned = None;
+    if let Some(plan) = &found.view.offers
+        && let Some((batch, row)) = found.view.snapshot.customer_row(customer)
+        && (exact
+            || (found.view.snapshot.digests.get(batch, row) == Some(found.stored.digest)
+                && state.offers.get(&state.store)?.fingerprint == plan.book.fingerprint))
+    {
+        planned = Some((plan, batch, row));
+    }
     let (book, subject) = match planned {
         Some((plan, batch, row)) => {
             let customers = &found.view.snapshot.customers[batch];
@@ -855,7 +911,12 @@ fn prepare(
             let subject = Subject {
                 rfm_segment: segments.value(row).to_owned(),
                 top_categories,
-                eligibility: Eligibility::Planned { plan, batch, row },
+                eligibility: Eligibility::Planned {
+                    plan,
+                    batch,
+                    row,
+                    exact,
+                },
             };
             (plan.book.clone(), subject)
         }
@@ -982,6 +1043,10 @@ fn prepare(
             .max()
             .unwrap_or(0),
         planned: matches!(subject.eligibility, Eligibility::Planned { .. }),
+        since_commit: matches!(
+            subject.eligibility,
+            Eligibility::Planned { exact: false, .. }
+        ),
         book,
         candidates,
         held_out,

@@ -1165,9 +1165,10 @@ async fn offers_rank_eligible_offers_and_explain_the_rest() {
 }
 
 /// Decisions read eligibility from the view's plan (every predicate evaluated over the whole
-/// population at once) while nothing was committed since the view, and from the customer's own
-/// row after a commit. Both must agree with SQL over the `customers` table, an independent
-/// evaluation of the same predicates, and with each other.
+/// population at once) while nothing was committed since the view, or while the customer's
+/// record and the catalog are unchanged since it, and from the customer's own row otherwise.
+/// Both must agree with SQL over the `customers` table, an independent evaluation of the same
+/// predicates, and with each other.
 #[tokio::test]
 async fn planned_and_per_row_decisions_agree_with_sql() {
     let mut cfg = config();
@@ -1281,6 +1282,21 @@ async fn planned_and_per_row_decisions_agree_with_sql() {
     };
     assert_eq!(eligible_by_decision(&planned), expected);
 
+    // A commit that changes one customer's stored record (a page view dated inside the history,
+    // so the event clock stays put, and touching no column the predicates read): the other 299
+    // are still answered from the plan, the changed one on its own row, all with the same
+    // result as before.
+    let changed = customers.iter().next().unwrap().clone();
+    let late = json!({"event_id": "late-view", "type": "interaction", "ts": "2025-01-02T00:00:00Z",
+                      "customer_id": changed, "kind": "page_view"});
+    common::apply(&f.store, &config(), &[late.to_string().into_bytes()]);
+    let after_commit = decide_all().await;
+    let counts = decisions_status().await;
+    assert_eq!(counts["planned"], 600 + 299, "{counts}");
+    assert_eq!(counts["planned_unchanged"], 299, "{counts}");
+    assert_eq!(counts["evaluated"], 1, "{counts}");
+    assert_eq!(after_commit, planned);
+
     // A commit (a catalog change) leaves the view behind: eligibility is evaluated per row.
     let (status, body) = call(
         &f.app,
@@ -1293,8 +1309,8 @@ async fn planned_and_per_row_decisions_agree_with_sql() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let evaluated = decide_all().await;
     let counts = decisions_status().await;
-    assert_eq!(counts["planned"], 600, "{counts}");
-    assert_eq!(counts["evaluated"], 300, "{counts}");
+    assert_eq!(counts["planned"], 899, "{counts}");
+    assert_eq!(counts["evaluated"], 301, "{counts}");
     assert_eq!(eligible_by_decision(&evaluated), expected);
     for (c, d) in &planned {
         assert_eq!(d, &evaluated[c], "{c}");

@@ -68,6 +68,26 @@ pub struct Snapshot {
     pub daily: Vec<(i32, DailyTotals)>,
     /// Aggregates of the stored states for the KPIs (activity bitmaps, exact gross).
     pub population: PopulationStats,
+    /// The stored record digest behind every `customers` row, by (batch, row).
+    pub digests: ProfileDigests,
+}
+
+/// Per `customers` batch, the [`patron_store::StoredProfile::digest`] of each row's record: a
+/// reader can tell whether a customer changed since the snapshot without rebuilding the row.
+#[derive(Clone, Default)]
+pub struct ProfileDigests(Vec<Vec<u64>>);
+
+impl ProfileDigests {
+    pub fn get(&self, batch: usize, row: usize) -> Option<u64> {
+        self.0.get(batch)?.get(row).copied()
+    }
+}
+
+impl std::fmt::Debug for ProfileDigests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rows: usize = self.0.iter().map(Vec::len).sum();
+        write!(f, "ProfileDigests({rows} rows)")
+    }
 }
 
 /// The `customers` table's schema (built once; every caller shares it).
@@ -112,7 +132,7 @@ impl Snapshot {
             Clock::Event => counters.as_of,
             Clock::Wall => Some(now_millis()),
         });
-        let (base, population) = scan(&reader, opts.batch_rows)?;
+        let (base, digests, population) = scan(&reader, opts.batch_rows)?;
         let daily = reader.daily_all()?;
         let arms = reader.all_offer_counts()?;
         let shown: std::collections::HashSet<(String, String)> =
@@ -137,6 +157,7 @@ impl Snapshot {
             offer_stats: offer_stats_table(&arms)?,
             daily,
             population,
+            digests,
         })
     }
 
@@ -169,18 +190,27 @@ impl Snapshot {
 }
 
 /// Every profile as base-column batches of at most `batch_rows` rows, in customer-id order,
-/// and the KPI aggregates of the same states (one decode per profile).
-fn scan(reader: &StoreReader, batch_rows: usize) -> Result<(Vec<RecordBatch>, PopulationStats)> {
+/// with their records' digests, and the KPI aggregates of the same states (one decode per
+/// profile).
+fn scan(
+    reader: &StoreReader,
+    batch_rows: usize,
+) -> Result<(Vec<RecordBatch>, ProfileDigests, PopulationStats)> {
     let mut out = Vec::new();
+    let mut digests = vec![Vec::with_capacity(batch_rows)];
     let mut stats = PopulationStats::default();
     let mut cols = BaseColumns::with_capacity(batch_rows);
     let mut err = None;
-    reader.for_each_profile(|id, scope, state| {
+    reader.for_each_profile_digest(|id, scope, digest, state| {
         stats.add(&state);
         cols.push(id, scope, &state);
+        digests.last_mut().expect("one open batch").push(digest);
         if cols.len() >= batch_rows && err.is_none() {
             match cols.finish() {
-                Ok(b) => out.push(b),
+                Ok(b) => {
+                    out.push(b);
+                    digests.push(Vec::with_capacity(batch_rows));
+                }
                 Err(e) => err = Some(e),
             }
         }
@@ -191,7 +221,8 @@ fn scan(reader: &StoreReader, batch_rows: usize) -> Result<(Vec<RecordBatch>, Po
     if !cols.is_empty() {
         out.push(cols.finish()?);
     }
-    Ok((out, stats))
+    digests.truncate(out.len());
+    Ok((out, ProfileDigests(digests), stats))
 }
 
 fn distribution(base: &[RecordBatch]) -> RfmDistribution {

@@ -20,6 +20,14 @@ pub struct StoredProfile {
     /// The source partition that owns this profile.
     pub scope: u32,
     pub state: CustomerState,
+    /// A hash of the stored record: equal digests mean the profile did not change (a view
+    /// keeps the digest of every row it was built from).
+    pub digest: u64,
+}
+
+/// The digest of a stored profile record.
+fn digest(record: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(record)
 }
 
 /// A consistent snapshot of the store.
@@ -116,6 +124,7 @@ impl StoreReader {
             customer_id: id.to_owned(),
             scope,
             state,
+            digest: digest(v.value()),
         }))
     }
 
@@ -126,11 +135,19 @@ impl StoreReader {
 
     /// Calls `f` for every profile in customer-id order.
     pub fn for_each_profile(&self, mut f: impl FnMut(&str, u32, CustomerState)) -> Result<()> {
+        self.for_each_profile_digest(|id, scope, _, state| f(id, scope, state))
+    }
+
+    /// [`Self::for_each_profile`] with each record's [`StoredProfile::digest`].
+    pub fn for_each_profile_digest(
+        &self,
+        mut f: impl FnMut(&str, u32, u64, CustomerState),
+    ) -> Result<()> {
         for entry in self.customers.iter()? {
             let (k, v) = entry?;
             let id = k.value();
             let (scope, state) = codec::decode_profile(id, v.value())?;
-            f(id, scope, state);
+            f(id, scope, digest(v.value()), state);
         }
         Ok(())
     }
@@ -152,6 +169,7 @@ impl StoreReader {
                 customer_id: id.to_owned(),
                 scope,
                 state,
+                digest: digest(v.value()),
             });
         }
         Ok(out)
