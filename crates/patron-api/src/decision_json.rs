@@ -183,7 +183,20 @@ fn push_number(out: &mut Vec<u8>, x: f64) {
 /// `point` keeps one zero after the point for whole numbers. Magnitudes too large to scale
 /// exactly fall back to shortest round-trip printing, and non-finite values print `null`.
 fn push_fixed(out: &mut Vec<u8>, x: f64, decimals: u32, point: bool) {
-    let scale = 10u64.pow(decimals);
+    const POW10: [u64; 10] = [
+        1,
+        10,
+        100,
+        1_000,
+        10_000,
+        100_000,
+        1_000_000,
+        10_000_000,
+        100_000_000,
+        1_000_000_000,
+    ];
+    let decimals = (decimals as usize).min(9);
+    let scale = POW10[decimals];
     let scaled = (x.abs() * scale as f64).round();
     if !x.is_finite() {
         out.extend_from_slice(b"null");
@@ -197,19 +210,21 @@ fn push_fixed(out: &mut Vec<u8>, x: f64, decimals: u32, point: bool) {
     if x < 0.0 && scaled != 0 {
         out.push(b'-');
     }
-    let mut digits = itoa::Buffer::new();
-    out.extend_from_slice(digits.format(scaled / scale).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(scaled / scale).as_bytes());
+    // The fraction's digits, most significant first, then cut after the last non-zero one.
+    let mut digits = [b'0'; 9];
     let mut fraction = scaled % scale;
-    let mut width = decimals as usize;
-    while width > 0 && fraction.is_multiple_of(10) {
+    for d in digits[..decimals].iter_mut().rev() {
+        *d = b'0' + (fraction % 10) as u8;
         fraction /= 10;
-        width -= 1;
     }
+    let width = digits[..decimals]
+        .iter()
+        .rposition(|&d| d != b'0')
+        .map_or(0, |last| last + 1);
     if width > 0 {
         out.push(b'.');
-        let text = digits.format(fraction);
-        out.extend(std::iter::repeat_n(b'0', width - text.len()));
-        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(&digits[..width]);
     } else if point {
         out.extend_from_slice(b".0");
     }
@@ -243,6 +258,9 @@ mod tests {
         assert_eq!(fixed(7.0, 6, true), "7.0");
         assert_eq!(fixed(7.0, 0, false), "7");
         assert_eq!(fixed(1.875, 2, false), "1.88");
+        assert_eq!(fixed(0.123_456_789, 9, true), "0.123456789");
+        assert_eq!(fixed(12.000_5, 3, true), "12.001");
+        assert_eq!(fixed(0.101, 3, false), "0.101");
         assert_eq!(fixed(0.999_999_9, 6, true), "1.0");
         assert_eq!(fixed(1e300, 6, true), "1e300");
         assert_eq!(fixed(f64::NAN, 6, true), "null");
