@@ -6,9 +6,9 @@
 //! expression over the `customers` schema, the same columns as in SQL. With each scoring view
 //! an [`OfferPlan`] evaluates every predicate over the view's whole population at once; a
 //! decision on the view's own generation, or for a customer unchanged since the view, then
-//! only looks up the customer's bit. Otherwise
-//! (a change to the customer since the view, the wall clock, a predicate calling `now()`) the
-//! predicates run on the customer's one-row batch per request.
+//! only looks up the customer's bit. Otherwise (a change to the customer since the view, the
+//! wall clock, a predicate calling `now()`) the predicates run on the customer's one-row batch
+//! per request.
 //!
 //! A decision, per offer: validity window, channel, eligibility, then the holdout (a stable hash
 //! of customer and offer), then contact policy from the committed contact history
