@@ -107,7 +107,7 @@ pub async fn get_customer(
     if let Some(body) = state.profiles.get(&id, tag) {
         return Ok(json_body(body));
     }
-    let found = find(&state, view, reader, &id)?;
+    let found = find(&state, view, &reader, &id)?;
     let mut p = profile(
         &found.view,
         &state.config,
@@ -142,8 +142,6 @@ pub(crate) struct Found {
     pub view: Arc<View>,
     pub stored: patron_store::StoredProfile,
     pub as_of: Option<Millis>,
-    /// The read snapshot the state came from, for further point reads.
-    pub reader: Arc<patron_store::StoreReader>,
 }
 
 /// Finds `id` (or the customer it is an alias of) in `reader`, a point read on a committed MVCC
@@ -151,7 +149,7 @@ pub(crate) struct Found {
 pub(crate) fn find(
     state: &ApiState,
     view: Arc<View>,
-    reader: Arc<patron_store::StoreReader>,
+    reader: &patron_store::StoreReader,
     id: &str,
 ) -> Result<Found, ApiError> {
     let stored = reader.profile(id).map_err(ApiError::internal)?;
@@ -166,7 +164,6 @@ pub(crate) fn find(
         view,
         stored,
         as_of,
-        reader,
     })
 }
 
@@ -286,7 +283,7 @@ pub(crate) fn profile_and_row(
 }
 
 /// `[engagement] half_life` in milliseconds, at least 1.
-fn half_life_ms(config: &PatronConfig) -> f64 {
+pub(crate) fn half_life_ms(config: &PatronConfig) -> f64 {
     config.engagement.half_life.as_millis().max(1) as f64
 }
 

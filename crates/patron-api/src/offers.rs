@@ -878,38 +878,64 @@ fn prepare(
     channel: Option<&str>,
     now: Millis,
 ) -> Result<Prepared, ApiError> {
-    let found = find(state, view, reader, id)?;
+    // On the view's own generation its plan and snapshot hold everything a decision reads
+    // about the customer (row, segment, top categories, whether it has contacts): only the
+    // alias table is read. Equal generations mean equal data, so an id missing from the
+    // snapshot is missing from the store.
+    let exact = reader.generation() == view.generation;
+    if exact
+        && let Some(plan) = &view.offers
+        && let Some(top) = &view.snapshot.top_categories
+    {
+        let customer = reader.resolve(id).map_err(ApiError::internal)?;
+        let Some((batch, row)) = view.snapshot.customer_row(&customer) else {
+            return Err(ApiError::not_found(format!("no customer `{id}`")));
+        };
+        let subject = Subject {
+            rfm_segment: view_segment(&view, batch, row)?,
+            top_categories: top.of(batch, row).map(str::to_owned).collect(),
+            eligibility: Eligibility::Planned {
+                plan,
+                batch,
+                row,
+                exact,
+            },
+        };
+        return decide_for(
+            state,
+            &reader,
+            customer,
+            plan.book.clone(),
+            subject,
+            channel,
+            now,
+        );
+    }
+    let found = find(state, view.clone(), &reader, id)?;
     let s = &found.stored.state;
     let customer = &found.stored.customer_id;
-    // The view's plan answers for a customer in it when nothing was committed since it was
-    // made (exactly the per-row answer), or when a commit came since but left this customer's
-    // stored record and the catalog as they were. Then eligibility and rfm_segment are the
-    // view's, as of its event clock (the same lag as segment membership), while the contact
-    // history and arm counts are read now. Otherwise the customer's own row is built and
-    // every predicate runs on it.
-    let exact = found.reader.generation() == found.view.generation;
+    // Otherwise the plan answers for a customer in the view when a commit came since but left
+    // this customer's stored record and the catalog as they were. Then eligibility and
+    // rfm_segment are the view's, as of its event clock (the same lag as segment membership),
+    // while the contact history and arm counts are read now. Otherwise the customer's own row
+    // is built and every predicate runs on it.
     let mut planned = None;
-    if let Some(plan) = &found.view.offers
-        && let Some((batch, row)) = found.view.snapshot.customer_row(customer)
+    if let Some(plan) = &view.offers
+        && let Some((batch, row)) = view.snapshot.customer_row(customer)
         && (exact
-            || (found.view.snapshot.digests.get(batch, row) == Some(found.stored.digest)
+            || (view.snapshot.digests.get(batch, row) == Some(found.stored.digest)
                 && state.offers.get(&state.store)?.fingerprint == plan.book.fingerprint))
     {
         planned = Some((plan, batch, row));
     }
     let (book, subject) = match planned {
         Some((plan, batch, row)) => {
-            let customers = &found.view.snapshot.customers[batch];
-            let segments = customers
-                .column_by_name("rfm_segment")
-                .ok_or_else(|| ApiError::internal("no rfm_segment column"))?
-                .as_string::<i32>();
             let top_categories = top_categories(&state.config, s, found.as_of)
                 .into_iter()
                 .map(|(category, _)| category)
                 .collect();
             let subject = Subject {
-                rfm_segment: segments.value(row).to_owned(),
+                rfm_segment: view_segment(&view, batch, row)?,
                 top_categories,
                 eligibility: Eligibility::Planned {
                     plan,
@@ -922,7 +948,7 @@ fn prepare(
         }
         None => {
             let (p, row) = profile_and_row(
-                &found.view,
+                &view,
                 &state.config,
                 customer.clone(),
                 found.stored.scope,
@@ -938,9 +964,40 @@ fn prepare(
             (state.offers.get(&state.store)?, subject)
         }
     };
+    decide_for(
+        state,
+        &reader,
+        customer.clone(),
+        book,
+        subject,
+        channel,
+        now,
+    )
+}
+
+/// The rfm segment of the view's `customers` row.
+fn view_segment(view: &crate::view::View, batch: usize, row: usize) -> Result<String, ApiError> {
+    let segments = view.snapshot.customers[batch]
+        .column_by_name("rfm_segment")
+        .ok_or_else(|| ApiError::internal("no rfm_segment column"))?
+        .as_string::<i32>();
+    Ok(segments.value(row).to_owned())
+}
+
+/// Everything about a decision that needs no draw, once the customer's segment, categories
+/// and eligibility source are known.
+fn decide_for(
+    state: &ApiState,
+    reader: &patron_store::StoreReader,
+    customer: String,
+    book: Arc<Book>,
+    subject: Subject<'_>,
+    channel: Option<&str>,
+    now: Millis,
+) -> Result<Prepared, ApiError> {
+    let customer = &customer;
     let contacts: HashMap<String, ContactRecord> = if subject.may_have_contacts() {
-        found
-            .reader
+        reader
             .contacts_of(customer)
             .map_err(ApiError::internal)?
             .into_iter()
@@ -1019,8 +1076,7 @@ fn prepare(
                 continue;
             }
         }
-        let (posterior, matures_at) =
-            subject.posterior(i, c, &found.reader, now, response_window_ms)?;
+        let (posterior, matures_at) = subject.posterior(i, c, reader, now, response_window_ms)?;
         matures_at.into_iter().for_each(&mut until);
         let affine = o
             .category

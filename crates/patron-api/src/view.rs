@@ -68,6 +68,14 @@ impl View {
         let clv_options = model.as_ref().map(|m| m.options(&config.clv));
         let mut opts = SnapshotOptions::from_config(config);
         opts.clv = model.as_ref().zip(clv_options).map(|(m, o)| (m.model(), o));
+        // The offer plan's decisions read each customer's top categories from the view (it
+        // is built on the event clock only, where they are exact for its generation).
+        if config.scoring.clock == Clock::Event {
+            opts.top_categories = Some(patron_query::snapshot::TopCategoryOptions {
+                k: config.engagement.top_categories,
+                half_life_ms: crate::customers::half_life_ms(config),
+            });
+        }
         let snapshot = Snapshot::build(store, &opts).map_err(ApiError::internal)?;
         let schema = customers_schema();
         let predicates = config

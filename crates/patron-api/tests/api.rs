@@ -1189,9 +1189,12 @@ async fn planned_and_per_row_decisions_agree_with_sql() {
         ("big", "array_has(segments, 'big')"),
         ("aov", "avg_order_value BETWEEN 20 AND 60 AND m_score >= 3"),
     ];
+    // One category per offer, from the synthetic purchases' categories: planned decisions
+    // read each customer's top categories from the view, per-row ones from its state.
+    let categories = ["books", "electronics", "garden", "grocery", "home", "toys"];
     for (i, (id, eligible)) in predicates.iter().enumerate() {
-        let body =
-            json!({"name": id, "value": 10 + i, "cost": 1, "eligible": eligible, "holdout": 0.3});
+        let body = json!({"name": id, "value": 10 + i, "cost": 1, "eligible": eligible,
+                          "holdout": 0.3, "category": categories[i]});
         let (status, body) = put_offer(&f.app, id, body).await;
         assert_eq!(status, StatusCode::CREATED, "{id}: {body}");
     }
@@ -1281,6 +1284,12 @@ async fn planned_and_per_row_decisions_agree_with_sql() {
         by_offer
     };
     assert_eq!(eligible_by_decision(&planned), expected);
+    let boosted = planned
+        .values()
+        .flat_map(|d| d["offers"].as_array().unwrap())
+        .filter(|o| o["affinity_boost"].as_f64().unwrap() > 0.0)
+        .count();
+    assert!(boosted > 0, "no decision had an affinity boost");
 
     // A commit that changes one customer's stored record (a page view dated inside the history,
     // so the event clock stays put, and touching no column the predicates read): the other 299

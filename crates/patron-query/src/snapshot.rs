@@ -20,6 +20,7 @@ use patron_core::clv::{ClvModel, ClvOptions};
 use patron_core::config::{Clock, PatronConfig, SegmentConfig};
 use patron_core::money::Money;
 use patron_core::rfm::{PROSPECT, RfmDistribution, RfmMap};
+use patron_core::state::CustomerState;
 use patron_core::time::{MILLIS_PER_DAY, Millis, now_millis};
 use patron_store::scan::{BaseColumns, timestamp_type};
 use patron_store::{DailyTotals, Store, StoreReader};
@@ -38,6 +39,16 @@ pub struct SnapshotOptions {
     /// The fitted model and scoring options; CLV columns are null without one.
     pub clv: Option<(ClvModel, ClvOptions)>,
     pub batch_rows: usize,
+    /// Also rank every customer's categories by decayed spend as of the snapshot's clock (the
+    /// API's scoring views, for offers' affinity); `None` skips the work.
+    pub top_categories: Option<TopCategoryOptions>,
+}
+
+/// How [`CustomerState::top_categories`] is asked, as `[engagement]` configures it.
+#[derive(Debug, Clone, Copy)]
+pub struct TopCategoryOptions {
+    pub k: usize,
+    pub half_life_ms: f64,
 }
 
 impl SnapshotOptions {
@@ -49,6 +60,7 @@ impl SnapshotOptions {
             segments: config.segments.clone(),
             clv: None,
             batch_rows: 65_536,
+            top_categories: None,
         }
     }
 }
@@ -70,6 +82,77 @@ pub struct Snapshot {
     pub population: PopulationStats,
     /// The stored record digest behind every `customers` row, by (batch, row).
     pub digests: ProfileDigests,
+    /// Every row's top categories, when [`SnapshotOptions::top_categories`] asked for them.
+    pub top_categories: Option<TopCategories>,
+}
+
+/// Per `customers` row, its customer's top `k` categories by decayed spend as of the
+/// snapshot's clock, best first: [`CustomerState::top_categories`] for every row at once.
+#[derive(Clone)]
+pub struct TopCategories {
+    k: usize,
+    /// Category names; rows hold indexes into it.
+    names: Vec<String>,
+    /// Per batch, `k` slots per row, [`TopCategories::NONE`] where a customer has fewer.
+    slots: Vec<Vec<u32>>,
+}
+
+impl TopCategories {
+    const NONE: u32 = u32::MAX;
+
+    fn new(k: usize) -> Self {
+        Self {
+            k,
+            names: Vec::new(),
+            slots: Vec::new(),
+        }
+    }
+
+    /// The row's categories, best first.
+    pub fn of(&self, batch: usize, row: usize) -> impl Iterator<Item = &str> {
+        let slots = self
+            .slots
+            .get(batch)
+            .and_then(|b| b.get(row * self.k..(row + 1) * self.k))
+            .unwrap_or_default();
+        slots
+            .iter()
+            .take_while(|&&i| i != Self::NONE)
+            .map(|&i| self.names[i as usize].as_str())
+    }
+}
+
+impl std::fmt::Debug for TopCategories {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TopCategories(k {}, {} names)", self.k, self.names.len())
+    }
+}
+
+/// Builds [`TopCategories`] while the states are scanned.
+struct TopCategoryScan {
+    options: TopCategoryOptions,
+    at: Millis,
+    index: std::collections::HashMap<String, u32>,
+    out: TopCategories,
+}
+
+impl TopCategoryScan {
+    fn push(&mut self, batch: usize, state: &CustomerState) {
+        if self.out.slots.len() <= batch {
+            self.out.slots.resize_with(batch + 1, Vec::new);
+        }
+        let slots = &mut self.out.slots[batch];
+        let start = slots.len();
+        slots.resize(start + self.options.k, TopCategories::NONE);
+        let top = state.top_categories(self.options.k, self.at, self.options.half_life_ms);
+        for (slot, (name, _)) in slots[start..].iter_mut().zip(top) {
+            let next = self.index.len() as u32;
+            *slot = *self.index.entry(name).or_insert_with_key(|name| {
+                self.out.names.push(name.clone());
+                next
+            });
+        }
+    }
 }
 
 /// Per `customers` batch, the [`patron_store::StoredProfile::digest`] of each row's record: a
@@ -132,7 +215,13 @@ impl Snapshot {
             Clock::Event => counters.as_of,
             Clock::Wall => Some(now_millis()),
         });
-        let (base, digests, population) = scan(&reader, opts.batch_rows)?;
+        let mut categories = opts.top_categories.map(|options| TopCategoryScan {
+            options,
+            at: as_of.unwrap_or_else(now_millis),
+            index: Default::default(),
+            out: TopCategories::new(options.k),
+        });
+        let (base, digests, population) = scan(&reader, opts.batch_rows, categories.as_mut())?;
         let daily = reader.daily_all()?;
         let arms = reader.all_offer_counts()?;
         let shown: std::collections::HashSet<(String, String)> =
@@ -158,6 +247,7 @@ impl Snapshot {
             daily,
             population,
             digests,
+            top_categories: categories.map(|c| c.out),
         })
     }
 
@@ -195,6 +285,7 @@ impl Snapshot {
 fn scan(
     reader: &StoreReader,
     batch_rows: usize,
+    mut categories: Option<&mut TopCategoryScan>,
 ) -> Result<(Vec<RecordBatch>, ProfileDigests, PopulationStats)> {
     let mut out = Vec::new();
     let mut digests = vec![Vec::with_capacity(batch_rows)];
@@ -204,6 +295,9 @@ fn scan(
     reader.for_each_profile_digest(|id, scope, digest, state| {
         stats.add(&state);
         cols.push(id, scope, &state);
+        if let Some(c) = categories.as_deref_mut() {
+            c.push(digests.len() - 1, &state);
+        }
         digests.last_mut().expect("one open batch").push(digest);
         if cols.len() >= batch_rows && err.is_none() {
             match cols.finish() {
