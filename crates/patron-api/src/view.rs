@@ -69,8 +69,14 @@ impl View {
         let mut opts = SnapshotOptions::from_config(config);
         opts.clv = model.as_ref().zip(clv_options).map(|(m, o)| (m.model(), o));
         // The offer plan's decisions read each customer's top categories from the view (it
-        // is built on the event clock only, where they are exact for its generation).
-        if config.scoring.clock == Clock::Event {
+        // is built on the event clock only, where they are exact for its generation); without
+        // offers the ranking would be wasted.
+        if config.scoring.clock == Clock::Event
+            && !store
+                .offer_catalog()
+                .map_err(ApiError::internal)?
+                .is_empty()
+        {
             opts.top_categories = Some(patron_query::snapshot::TopCategoryOptions {
                 k: config.engagement.top_categories,
                 half_life_ms: crate::customers::half_life_ms(config),
