@@ -50,9 +50,7 @@ impl RankedJson {
             reason_tail: escaped(reason_tail)?,
         })
     }
-}
 
-impl RankedJson {
     /// Its fixed bytes plus room for the numbers and the reason's start.
     pub fn capacity_hint(&self) -> usize {
         self.head.len()
