@@ -901,7 +901,7 @@ fn prepare(
                 exact,
             },
         };
-        return decide_for(
+        return prepare_subject(
             state,
             &reader,
             customer,
@@ -964,7 +964,7 @@ fn prepare(
             (state.offers.get(&state.store)?, subject)
         }
     };
-    decide_for(
+    prepare_subject(
         state,
         &reader,
         customer.clone(),
@@ -984,9 +984,9 @@ fn view_segment(view: &crate::view::View, batch: usize, row: usize) -> Result<St
     Ok(segments.value(row).to_owned())
 }
 
-/// Everything about a decision that needs no draw, once the customer's segment, categories
-/// and eligibility source are known.
-fn decide_for(
+/// The rest of [`prepare`], once the customer's segment, categories and eligibility source
+/// are known: validity, channel, eligibility, holdout, contact policy and posteriors.
+fn prepare_subject(
     state: &ApiState,
     reader: &patron_store::StoreReader,
     customer: String,

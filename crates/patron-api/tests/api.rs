@@ -1307,14 +1307,7 @@ async fn planned_and_per_row_decisions_agree_with_sql() {
     assert_eq!(after_commit, planned);
 
     // A commit (a catalog change) leaves the view behind: eligibility is evaluated per row.
-    let (status, body) = call(
-        &f.app,
-        Method::PUT,
-        "/v1/offers/catalog/bump",
-        Some(ADMIN),
-        Some(json!({"name": "bump", "value": 1})),
-    )
-    .await;
+    let (status, body) = put_offer(&f.app, "bump", json!({"name": "bump", "value": 1})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let evaluated = decide_all().await;
     let counts = decisions_status().await;
