@@ -69,6 +69,17 @@ pub(crate) struct ReplayArgs {
     /// Stop at the end of every partition, as the fetch responses report it.
     #[arg(long, help_heading = "Kafka source")]
     until_end: bool,
+    /// Read only these partitions (comma-separated), e.g. to rebuild one instance's share.
+    /// Identify and alias merges with ids in other partitions then go through the topic, as
+    /// between `serve` instances: run each share until nothing new arrives.
+    #[arg(
+        long,
+        value_name = "P,..",
+        value_delimiter = ',',
+        requires = "from_kafka",
+        help_heading = "Kafka source"
+    )]
+    partitions: Option<Vec<u32>>,
     /// CSV: column with the customer id.
     #[arg(
         long,
@@ -183,6 +194,7 @@ fn from_kafka(args: ReplayArgs, config: PatronConfig, store_path: PathBuf) -> Cm
         source,
         mode: Mode::UntilEnd,
         start,
+        partitions: args.partitions,
     };
     let store = Store::open(&store_path).map_err(Failure::runtime)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -237,6 +249,12 @@ fn from_kafka(args: ReplayArgs, config: PatronConfig, store_path: PathBuf) -> Cm
         s.checkpoint_p99.as_secs_f64() * 1e3
     );
     println!("  store       {}", store_path.display());
+    if s.routed_out > 0 || s.routed_in > 0 {
+        println!(
+            "  identity    {} records sent to other partitions' owners, {} received",
+            s.routed_out, s.routed_in
+        );
+    }
     if s.dead_letters_pending > 0 {
         println!(
             "  {} dead letters are committed but not yet in {}; the next run sends them",

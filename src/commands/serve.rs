@@ -147,6 +147,7 @@ pub(crate) fn serve(
             source: kafka.clone(),
             mode: Mode::Follow,
             start: StartAt::Earliest,
+            partitions: None,
         };
         std::thread::Builder::new()
             .name("patron-consumer".into())

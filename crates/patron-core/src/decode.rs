@@ -27,10 +27,12 @@ pub enum RejectReason {
     InvalidAmount,
     UnknownCurrency,
     FutureTimestamp,
+    /// An identity record between instances (`patron.route` header) that cannot be read.
+    InvalidRoute,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 10] = [
         RejectReason::TooLarge,
         RejectReason::InvalidUtf8,
         RejectReason::MalformedJson,
@@ -40,6 +42,7 @@ impl RejectReason {
         RejectReason::InvalidAmount,
         RejectReason::UnknownCurrency,
         RejectReason::FutureTimestamp,
+        RejectReason::InvalidRoute,
     ];
 
     pub fn code(self) -> &'static str {
@@ -53,6 +56,7 @@ impl RejectReason {
             RejectReason::InvalidAmount => "invalid_amount",
             RejectReason::UnknownCurrency => "unknown_currency",
             RejectReason::FutureTimestamp => "future_timestamp",
+            RejectReason::InvalidRoute => "invalid_route",
         }
     }
 

@@ -120,6 +120,10 @@ pub struct Checkpoint {
     pub dead_letters: Vec<(u64, DeadLetterRecord)>,
     /// Outbox entries the dead-letter topic has acknowledged, to remove.
     pub dead_letters_delivered: Vec<u64>,
+    /// Identity records to add to the route outbox, by sequence number.
+    pub routed: Vec<(u64, RoutedRecord)>,
+    /// Route outbox entries the source topic has acknowledged, to remove.
+    pub routed_delivered: Vec<u64>,
     /// Alias links to remove (erased ids).
     pub aliases_removed: Vec<String>,
     /// Erased ids and their erasure time.
@@ -144,6 +148,34 @@ pub struct DeadLetterRecord {
     pub partition: u32,
     pub offset: u64,
     pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+/// What a [`RoutedRecord`] asks the owner of its key's partition to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RouteKind {
+    /// Send the state of `key` to be merged into `other` (an identify or alias seen elsewhere).
+    Handoff,
+    /// Merge this state (of the id `other`) into `key`.
+    Merge,
+    /// Apply this source record (`payload`) to `key`, the canonical id its own id links to.
+    Forward,
+}
+
+/// A record for the source topic that moves identity state between the instances owning
+/// different partitions, waiting in the route outbox until the topic acknowledges it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutedRecord {
+    pub kind: RouteKind,
+    /// The message key: the owner of the key's partition applies the record.
+    pub key: String,
+    /// Handoff: the canonical id to merge into. Merge: the id whose state `payload` holds.
+    pub other: Option<String>,
+    /// The source record whose application produced this one. Receivers keep, per origin
+    /// partition, the highest origin offset applied, which drops a resent record.
+    pub origin_partition: u32,
+    pub origin_offset: u64,
+    /// Merge: the encoded state. Forward: the source record's payload. Handoff: empty.
     pub payload: Vec<u8>,
 }
 
@@ -225,6 +257,13 @@ pub(crate) fn commit(db: &Database, cp: &Checkpoint) -> Result<()> {
         }
         for seq in &cp.dead_letters_delivered {
             outbox.remove(*seq)?;
+        }
+        let mut routes = txn.open_table(ROUTE_OUTBOX)?;
+        for (seq, record) in &cp.routed {
+            routes.insert(*seq, codec::encode(record).as_slice())?;
+        }
+        for seq in &cp.routed_delivered {
+            routes.remove(*seq)?;
         }
         let mut meta = txn.open_table(META)?;
         meta.insert(META_COUNTERS, codec::encode(&cp.counters).as_slice())?;

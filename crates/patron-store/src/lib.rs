@@ -30,8 +30,8 @@ use std::sync::{Arc, RwLock};
 use redb::ReadableDatabase;
 
 pub use checkpoint::{
-    Checkpoint, DailyTotals, DeadLetterRecord, ErasureCounters, ProfileWrite, SourcePosition,
-    StoreCounters,
+    Checkpoint, DailyTotals, DeadLetterRecord, ErasureCounters, ProfileWrite, RouteKind,
+    RoutedRecord, SourcePosition, StoreCounters,
 };
 pub use offers::{ContactRecord, OfferCounts};
 pub use reader::{StoreReader, StoredProfile};

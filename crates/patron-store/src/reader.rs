@@ -8,7 +8,8 @@ use redb::{ReadOnlyTable, ReadTransaction, ReadableTable};
 
 use crate::Result;
 use crate::checkpoint::{
-    DailyTotals, DeadLetterRecord, ErasureCounters, SourcePosition, StoreCounters, decode_position,
+    DailyTotals, DeadLetterRecord, ErasureCounters, RoutedRecord, SourcePosition, StoreCounters,
+    decode_position,
 };
 use crate::codec;
 use crate::tables::*;
@@ -228,30 +229,36 @@ impl StoreReader {
     }
 
     pub fn daily_all(&self) -> Result<Vec<(i32, DailyTotals)>> {
-        let table = self.txn.open_table(DAILY)?;
-        let mut out = Vec::new();
-        for entry in table.iter()? {
-            let (k, v) = entry?;
-            let day = k.value();
-            out.push((
-                day,
-                codec::decode("daily_totals", &day.to_string(), v.value())?,
-            ));
-        }
-        Ok(out)
+        self.decode_all(DAILY, "daily_totals")
     }
 
     /// The dead letters not yet acknowledged by the dead-letter topic, in sequence order.
     pub fn pending_dead_letters(&self) -> Result<Vec<(u64, DeadLetterRecord)>> {
-        let table = self.txn.open_table(DEAD_LETTERS)?;
+        self.decode_all(DEAD_LETTERS, "dead_letters")
+    }
+
+    /// The route outbox: identity records committed and not yet acknowledged by the topic.
+    pub fn pending_routed(&self) -> Result<Vec<(u64, RoutedRecord)>> {
+        self.decode_all(ROUTE_OUTBOX, "route_outbox")
+    }
+
+    /// Every row of a table with fixed-size keys and postcard values, in key order.
+    fn decode_all<K, T>(
+        &self,
+        definition: redb::TableDefinition<'_, K, &[u8]>,
+        name: &'static str,
+    ) -> Result<Vec<(K, T)>>
+    where
+        K: redb::Key + for<'a> redb::Value<SelfType<'a> = K> + std::fmt::Display + 'static,
+        T: serde::de::DeserializeOwned,
+    {
+        let table = self.txn.open_table(definition)?;
         let mut out = Vec::new();
         for entry in table.iter()? {
             let (k, v) = entry?;
-            let seq = k.value();
-            out.push((
-                seq,
-                codec::decode("dead_letters", &seq.to_string(), v.value())?,
-            ));
+            let key = k.value();
+            let value = codec::decode(name, &key.to_string(), v.value())?;
+            out.push((key, value));
         }
         Ok(out)
     }

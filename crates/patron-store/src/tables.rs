@@ -20,6 +20,10 @@ pub const DAILY: TableDefinition<'_, i32, &[u8]> = TableDefinition::new("daily_t
 /// Dead-letter outbox: sequence number -> [`crate::DeadLetterRecord`], committed with the
 /// positions that passed the rejected records and removed once the dead-letter topic has them.
 pub const DEAD_LETTERS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("dead_letters");
+/// Route outbox: sequence number -> [`crate::RoutedRecord`], identity records for the source
+/// topic (handoffs, merged states, forwarded events), committed with the positions that produced
+/// them and removed once the topic has them.
+pub const ROUTE_OUTBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("route_outbox");
 /// Erased ids (canonical and aliases) -> erasure time (epoch ms). Events for such an id with a
 /// `ts` at or before it are dropped, so a replay of old events cannot bring the customer back.
 pub const TOMBSTONES: TableDefinition<'_, &str, i64> = TableDefinition::new("tombstones");
@@ -45,6 +49,8 @@ pub const META_CLV_MODEL: &str = "clv_model";
 pub const META_DEAD_LETTER_SEQ: &str = "dead_letter_seq";
 /// The dead-letter topic offset of the last delivery the store knows of (i64, little-endian).
 pub const META_DEAD_LETTER_OFFSET: &str = "dead_letter_offset";
+/// The next route outbox sequence number (u64, little-endian).
+pub const META_ROUTE_SEQ: &str = "route_seq";
 /// [`crate::ErasureCounters`]: customers erased and events dropped by tombstones.
 pub const META_ERASURES: &str = "erasures";
 
@@ -69,6 +75,7 @@ pub(crate) fn initialise(db: &Database, path: &Path) -> Result<()> {
                 && read.open_table(OFFER_CONTACTS).is_ok()
                 && read.open_table(OFFER_STATS).is_ok()
                 && read.open_table(KPI_SNAPSHOTS).is_ok()
+                && read.open_table(ROUTE_OUTBOX).is_ok()
             {
                 return Ok(());
             }
@@ -102,5 +109,6 @@ fn open_later_tables(write: &redb::WriteTransaction) -> Result<()> {
     write.open_table(OFFER_CONTACTS)?;
     write.open_table(OFFER_STATS)?;
     write.open_table(KPI_SNAPSHOTS)?;
+    write.open_table(ROUTE_OUTBOX)?;
     Ok(())
 }

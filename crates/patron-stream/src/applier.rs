@@ -15,10 +15,12 @@ use patron_core::time::Millis;
 use patron_core::time::day_index;
 use patron_store::{
     Checkpoint, ContactRecord, DailyTotals, DeadLetterRecord, ErasureCounters, OfferCounts,
-    ProfileWrite, SourcePosition, Store, StoreCounters, StoreReader,
+    ProfileWrite, RoutedRecord, SourcePosition, Store, StoreCounters, StoreReader,
 };
 
 use crate::Result;
+
+mod route;
 
 struct CachedProfile {
     scope: u32,
@@ -56,6 +58,8 @@ pub struct Applier {
     cache_limit: usize,
     /// Outbox changes and singletons to write with the next checkpoint.
     staged: Staged,
+    /// Identity work for other instances (see [`route`]).
+    routes: route::Routes,
 }
 
 /// Contact histories and arm counts touched since the last checkpoint (all of them dirty).
@@ -79,6 +83,8 @@ struct ErasureChanges {
 struct Staged {
     dead_letters: Vec<(u64, DeadLetterRecord)>,
     delivered: Vec<u64>,
+    routed: Vec<(u64, RoutedRecord)>,
+    routed_delivered: Vec<u64>,
     meta: Vec<(String, Vec<u8>)>,
 }
 
@@ -109,6 +115,7 @@ impl Applier {
             uncommitted: 0,
             cache_limit: 500_000,
             staged: Staged::default(),
+            routes: route::Routes::default(),
         })
     }
 
@@ -170,6 +177,16 @@ impl Applier {
         self.staged.delivered.extend(seqs);
     }
 
+    /// Adds identity records to the route outbox with the next checkpoint.
+    pub fn stage_routed(&mut self, records: impl IntoIterator<Item = (u64, RoutedRecord)>) {
+        self.staged.routed.extend(records);
+    }
+
+    /// Removes route outbox entries the topic acknowledged, with the next checkpoint.
+    pub fn stage_routed_delivered(&mut self, seqs: impl IntoIterator<Item = u64>) {
+        self.staged.routed_delivered.extend(seqs);
+    }
+
     /// Writes a named singleton with the next checkpoint.
     pub fn stage_meta(&mut self, key: &str, value: Vec<u8>) {
         self.staged.meta.push((key.to_owned(), value));
@@ -221,9 +238,15 @@ impl Applier {
 
     /// Applies one event from partition `scope`.
     pub fn apply(&mut self, event: &Event, scope: u32) -> Result<ApplyOutcome> {
+        self.apply_to(event, scope, event.profile_id())
+    }
+
+    /// Applies one event from partition `scope` to the profile `id` resolves to (the event's
+    /// own id, or the canonical id another instance forwarded it to).
+    fn apply_to(&mut self, event: &Event, scope: u32, id: &str) -> Result<ApplyOutcome> {
         self.uncommitted += 1;
         if let EventBody::Erase(erase) = &event.body {
-            self.erase(&erase.customer_id, event.ts)?;
+            self.erase(&erase.customer_id, id, event.ts)?;
             self.counters.applied += 1;
             return Ok(ApplyOutcome::Applied);
         }
@@ -232,7 +255,7 @@ impl Applier {
             self.erasure.dirty = true;
             return Ok(ApplyOutcome::Erased);
         }
-        let canonical = self.resolve(event.profile_id());
+        let canonical = self.resolve(id);
         let ctx = self.ctx;
         let entry = self.load(&canonical, scope)?;
         let state = entry.state.get_or_insert_with(CustomerState::default);
@@ -272,7 +295,7 @@ impl Applier {
             EventBody::Identify(_) | EventBody::Alias(_) | EventBody::Erase(_) => {}
         }
         if let Some(merged) = event.merged_id() {
-            self.fold_in(merged, &canonical)?;
+            self.link(merged, &canonical)?;
         }
         Ok(outcome)
     }
@@ -334,13 +357,14 @@ impl Applier {
             .any(|id| self.tombstones.get(id).is_some_and(|at| event.ts <= *at))
     }
 
-    /// Erases the customer `id` resolves to, every id merged into it, and their state; leaves a
+    /// Erases the customer `target` resolves to (`target` is `id`, or the canonical id another
+    /// instance forwarded the erasure to), every id merged into it, and their state; leaves a
     /// tombstone at `at` on each id. Daily revenue and orders keep the customer's share (they
     /// are aggregates, not personal data); the day's new-customer count drops it.
-    fn erase(&mut self, id: &str, at: Millis) -> Result<()> {
-        let canonical = self.resolve(id);
+    fn erase(&mut self, id: &str, target: &str, at: Millis) -> Result<()> {
+        let canonical = self.resolve(target);
         let scope = self.profiles.get(&canonical).map_or(0, |p| p.scope);
-        let mut ids: Vec<String> = vec![id.to_owned(), canonical.clone()];
+        let mut ids: Vec<String> = vec![id.to_owned(), target.to_owned(), canonical.clone()];
         if let Some(state) = self.load(&canonical, scope)?.state.as_ref() {
             ids.extend(state.aliases.iter().cloned());
         }
@@ -393,49 +417,67 @@ impl Applier {
             return Ok(());
         }
         let scope = self.profiles.get(canonical).map_or(0, |p| p.scope);
-        let taken = {
-            let entry = self.load(&source, scope)?;
-            let taken = entry.state.take();
-            if taken.is_some() {
-                entry.dirty = true;
-            }
-            taken
-        };
-        if let Some(other) = taken {
-            let ctx = self.ctx;
-            let target = self
-                .profiles
-                .get_mut(canonical)
-                .expect("canonical profile is loaded");
-            let state = target.state.get_or_insert_with(CustomerState::default);
-            let (a, b) = (state.first_purchase, other.first_purchase);
-            state.merge(other, &ctx);
-            let merged_first = state.first_purchase;
-            // Two first purchases become one: un-count both, count the merged one.
-            for old in [a, b].into_iter().flatten() {
-                self.day(day_index(old))?.new_customers -= 1;
-            }
-            if let Some(m) = merged_first {
-                self.day(day_index(m))?.new_customers += 1;
-            }
+        if let Some(other) = self.take_state(&source, scope)? {
+            self.merge_state(canonical, other)?;
         }
-        if let Some(s) = self
+        self.link_ids(&[&source, merged], canonical);
+        Ok(())
+    }
+
+    /// Removes the state of `id` (merged away), un-counting its first purchase.
+    fn take_state(&mut self, id: &str, scope: u32) -> Result<Option<CustomerState>> {
+        let entry = self.load(id, scope)?;
+        let taken = entry.state.take();
+        if taken.is_some() {
+            entry.dirty = true;
+        }
+        if let Some(first) = taken.as_ref().and_then(|s| s.first_purchase) {
+            self.day(day_index(first))?.new_customers -= 1;
+        }
+        Ok(taken)
+    }
+
+    /// Merges `other` (already un-counted by [`Self::take_state`]) into the loaded profile
+    /// `canonical`, counting the merged first purchase.
+    fn merge_state(&mut self, canonical: &str, other: CustomerState) -> Result<()> {
+        let ctx = self.ctx;
+        let target = self
             .profiles
             .get_mut(canonical)
-            .and_then(|t| t.state.as_mut())
-        {
-            s.add_alias(source.clone());
-            s.add_alias(merged.to_owned());
+            .expect("canonical profile is loaded");
+        target.dirty = true;
+        let state = target.state.get_or_insert_with(CustomerState::default);
+        let before = state.first_purchase;
+        state.merge(other, &ctx);
+        let after = state.first_purchase;
+        if let Some(b) = before {
+            self.day(day_index(b))?.new_customers -= 1;
         }
-        self.aliases.insert(source.clone(), canonical.to_owned());
-        self.new_aliases
-            .push((source.clone(), canonical.to_owned()));
-        if merged != source {
-            self.aliases.insert(merged.to_owned(), canonical.to_owned());
-            self.new_aliases
-                .push((merged.to_owned(), canonical.to_owned()));
+        if let Some(a) = after {
+            self.day(day_index(a))?.new_customers += 1;
         }
         Ok(())
+    }
+
+    /// Links each of `ids` to `canonical`, in the alias table and in the canonical profile's
+    /// list when this store holds it.
+    fn link_ids(&mut self, ids: &[&str], canonical: &str) {
+        let mut seen: Vec<&str> = Vec::with_capacity(ids.len());
+        for &id in ids {
+            if id == canonical || seen.contains(&id) {
+                continue;
+            }
+            seen.push(id);
+            if let Some(s) = self
+                .profiles
+                .get_mut(canonical)
+                .and_then(|t| t.state.as_mut())
+            {
+                s.add_alias(id.to_owned());
+            }
+            self.aliases.insert(id.to_owned(), canonical.to_owned());
+            self.new_aliases.push((id.to_owned(), canonical.to_owned()));
+        }
     }
 
     /// Commits everything since the last checkpoint, with the positions that produced it.
@@ -460,6 +502,8 @@ impl Applier {
         let staged = std::mem::take(&mut self.staged);
         cp.dead_letters = staged.dead_letters;
         cp.dead_letters_delivered = staged.delivered;
+        cp.routed = staged.routed;
+        cp.routed_delivered = staged.routed_delivered;
         cp.meta = staged.meta;
         cp.contacts = self.offers.contacts.drain().collect();
         cp.offer_counts = self.offers.counts.drain().collect();

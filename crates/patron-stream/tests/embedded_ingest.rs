@@ -43,6 +43,7 @@ fn ingest(store: &Store, broker: &EmbeddedBroker) -> ingest::IngestSummary {
         source,
         mode: Mode::UntilEnd,
         start: StartAt::Earliest,
+        partitions: None,
     };
     ingest::run(
         store.clone(),

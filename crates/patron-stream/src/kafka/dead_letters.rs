@@ -32,9 +32,17 @@ const META_STORE_ID: &str = "store_id";
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
 const RECONCILE_WAIT: Duration = Duration::from_secs(15);
 
+/// Acknowledgements by outbox sequence number, gathered by the producer's delivery callback.
 #[derive(Default)]
-struct DeliveryLog {
+pub(super) struct DeliveryLog {
     results: Mutex<Vec<(u64, std::result::Result<i64, String>)>>,
+}
+
+impl DeliveryLog {
+    /// The outcomes reported since the last call: offset, or the error.
+    pub(super) fn take(&self) -> Vec<(u64, std::result::Result<i64, String>)> {
+        std::mem::take(&mut *self.results.lock().expect("delivery log"))
+    }
 }
 
 impl ClientContext for DeliveryLog {}
@@ -206,7 +214,7 @@ impl DeadLetterForwarder {
             }
         }
         let _ = self.producer.flush(FLUSH_WAIT);
-        let results = std::mem::take(&mut *self.producer.context().results.lock().expect("log"));
+        let results = self.producer.context().take();
         let mut delivered = 0;
         for (seq, outcome) in results {
             self.in_flight.remove(&seq);
@@ -289,7 +297,7 @@ impl DeadLetterForwarder {
 }
 
 /// One warning per 10 s at most: a missing topic must not flood the log.
-fn warn_limited(last: &mut Option<Instant>, message: String) {
+pub(super) fn warn_limited(last: &mut Option<Instant>, message: String) {
     if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
         warn!("{message}");
         *last = Some(Instant::now());

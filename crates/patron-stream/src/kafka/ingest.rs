@@ -13,7 +13,7 @@
 //! and seeks there. On revocation it flushes its partial batch, and the writer checkpoints
 //! before the partitions are released. Kafka commits are sent only so lag tools work.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use patron_core::config::PatronConfig;
-use patron_core::decode::{Decoder, Rejection};
-use patron_core::event::Event;
-use patron_core::state::{ApplyContext, ApplyOutcome};
+use patron_core::decode::{Decoder, RejectReason, Rejection};
+use patron_core::event::{Event, EventBody};
+use patron_core::state::{ApplyContext, ApplyOutcome, CustomerState};
 use patron_core::time::{Millis, now_millis};
-use patron_store::{DeadLetterRecord, SourcePosition, Store};
+use patron_store::{DeadLetterRecord, RouteKind, SourcePosition, Store};
 use rayon::prelude::*;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -36,6 +36,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
 use super::dead_letters::DeadLetterForwarder;
+use super::routes::{RouteForwarder, RouteHeader, RouteMarks, parse_route};
 use super::status::{IngestStatus, ReasonLabel};
 use super::{KafkaSource, client_config};
 use crate::applier::Applier;
@@ -71,6 +72,9 @@ pub struct IngestOptions {
     pub source: KafkaSource,
     pub mode: Mode,
     pub start: StartAt,
+    /// [`Mode::UntilEnd`] only: read these partitions instead of all of them (one instance's
+    /// share; identity merges with the others then go through the log).
+    pub partitions: Option<Vec<u32>>,
 }
 
 /// What one run did (not the store's lifetime totals).
@@ -86,6 +90,10 @@ pub struct IngestSummary {
     pub checkpoints: u64,
     pub checkpoint_p99: Duration,
     pub dead_letters_pending: u64,
+    /// Identity records produced for other instances (handoffs, merges, forwards), and those
+    /// received and applied.
+    pub routed_out: u64,
+    pub routed_in: u64,
     /// Partitions stopped on an error, with the reason.
     pub stopped: Vec<(u32, String)>,
 }
@@ -109,10 +117,18 @@ struct RawRecord {
     offset: u64,
     key: Option<Range<usize>>,
     payload: Range<usize>,
+    /// An identity record from another instance (or one whose headers cannot be read).
+    route: Option<std::result::Result<RouteHeader, String>>,
 }
 
 impl RawBatch {
-    fn push(&mut self, partition: u32, offset: u64, key: Option<&[u8]>, payload: &[u8]) {
+    fn push(
+        &mut self,
+        (partition, offset): (u32, u64),
+        key: Option<&[u8]>,
+        payload: &[u8],
+        route: Option<std::result::Result<RouteHeader, String>>,
+    ) {
         let key = key.map(|k| {
             let start = self.data.len();
             self.data.extend_from_slice(k);
@@ -125,6 +141,7 @@ impl RawBatch {
             offset,
             key,
             payload: start..self.data.len(),
+            route,
         });
         self.started.get_or_insert_with(Instant::now);
     }
@@ -132,7 +149,8 @@ impl RawBatch {
 
 struct DecodedBatch {
     raw: RawBatch,
-    decoded: Vec<std::result::Result<Event, Rejection>>,
+    /// `None` for identity records that carry no event (handoffs, merges).
+    decoded: Vec<Option<std::result::Result<Event, Rejection>>>,
 }
 
 enum Work {
@@ -140,6 +158,8 @@ enum Work {
     /// Stored positions of these partitions, answered after every earlier batch is applied.
     Positions {
         partitions: Vec<u32>,
+        /// Partitions of the topic; owning fewer turns on identity routing.
+        partition_count: u32,
         reply: Sender<Vec<(u32, Option<SourcePosition>)>>,
     },
     /// Checkpoint now; the partitions are being released.
@@ -282,7 +302,11 @@ impl IngestContext {
         let decoded = raw
             .records
             .par_iter()
-            .map(|r| self.decoder.decode(&raw.data[r.payload.clone()], now))
+            .map(|r| match &r.route {
+                Some(Ok(h)) if h.kind != RouteKind::Forward => None,
+                Some(Err(_)) => None,
+                _ => Some(self.decoder.decode(&raw.data[r.payload.clone()], now)),
+            })
             .collect();
         self.send(Work::Batch(DecodedBatch { raw, decoded }))
     }
@@ -302,9 +326,17 @@ impl IngestContext {
         partitions: &[u32],
     ) -> Result<TopicPartitionList> {
         self.flush();
+        let partition_count = match partition_count(consumer, &self.topic) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!("{e}; assuming this instance owns every partition");
+                0
+            }
+        };
         let (reply, answer) = crossbeam_channel::bounded(1);
         if !self.send(Work::Positions {
             partitions: partitions.to_vec(),
+            partition_count,
             reply,
         }) {
             return Err(StreamError::Source("the writer stopped".into()));
@@ -461,6 +493,19 @@ impl IngestContext {
     }
 }
 
+/// The number of partitions of `topic`, from the broker's metadata.
+fn partition_count<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> Result<u32> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), BROKER_WAIT)
+        .map_err(|e| StreamError::Source(format!("metadata of {topic}: {e}")))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len() as u32)
+        .sum())
+}
+
 fn new_reading(next: u64, open_start: bool) -> Reading {
     Reading {
         next,
@@ -534,11 +579,16 @@ pub fn run(
         &opts.source.dlq_topic,
         applier.snapshot(),
     )?;
+    let routes =
+        RouteForwarder::open(&opts.source.brokers, &opts.source.topic, applier.snapshot())?;
     let (work_tx, work_rx) = crossbeam_channel::bounded::<Work>(4);
     let committed_offsets: Arc<Mutex<Vec<(u32, u64)>>> = Arc::default();
     let writer = Writer {
         applier,
         forwarder,
+        routes,
+        marks: RouteMarks::new(&opts.source.position_key(), &opts.source.incarnation),
+        owned: BTreeSet::new(),
         source_key: opts.source.position_key(),
         incarnation: opts.source.incarnation.clone(),
         topic: opts.source.topic.clone(),
@@ -628,18 +678,30 @@ fn consume(
             let metadata = consumer
                 .fetch_metadata(Some(topic), BROKER_WAIT)
                 .map_err(|e| StreamError::Source(format!("metadata of {topic}: {e}")))?;
-            let partitions: Vec<u32> = metadata
+            let all: Vec<u32> = metadata
                 .topics()
                 .iter()
                 .filter(|t| t.name() == topic && t.error().is_none())
                 .flat_map(|t| t.partitions().iter().map(|p| p.id() as u32))
                 .collect();
-            if partitions.is_empty() {
+            if all.is_empty() {
                 return Err(StreamError::Usage(format!(
                     "topic {topic} does not exist on {} (or has no partitions)",
                     opts.source.brokers
                 )));
             }
+            let partitions = match &opts.partitions {
+                None => all,
+                Some(chosen) => {
+                    if let Some(p) = chosen.iter().find(|p| !all.contains(p)) {
+                        return Err(StreamError::Usage(format!(
+                            "topic {topic} has no partition {p} (it has {})",
+                            all.len()
+                        )));
+                    }
+                    chosen.clone()
+                }
+            };
             let list = ctx.assignment(consumer, &partitions)?;
             consumer
                 .assign(&list)
@@ -704,8 +766,9 @@ fn consume(
                         continue;
                     }
                 }
+                let route = parse_route(m.headers());
                 let mut pending = ctx.pending.lock().expect("pending lock");
-                pending.push(p, offset, m.key(), m.payload().unwrap_or_default());
+                pending.push((p, offset), m.key(), m.payload().unwrap_or_default(), route);
                 flush_now = pending.records.len() >= BATCH_RECORDS
                     || pending.started.is_some_and(|s| s.elapsed() >= BATCH_WAIT);
             }
@@ -805,6 +868,10 @@ fn commit_for_lag_tools(
 struct Writer {
     applier: Applier,
     forwarder: DeadLetterForwarder,
+    routes: RouteForwarder,
+    marks: RouteMarks,
+    /// Partitions assigned to this instance now.
+    owned: BTreeSet<u32>,
     source_key: String,
     incarnation: String,
     topic: String,
@@ -828,16 +895,23 @@ impl Writer {
                 .max(Duration::from_millis(1));
             match work.recv_timeout(wait) {
                 Ok(Work::Batch(batch)) => self.apply(batch)?,
-                Ok(Work::Positions { partitions, reply }) => {
+                Ok(Work::Positions {
+                    partitions,
+                    partition_count,
+                    reply,
+                }) => {
                     let mut out = Vec::with_capacity(partitions.len());
                     for p in partitions {
+                        self.owned.insert(p);
                         out.push((p, self.applier.position(&self.source_key, p)?));
                     }
+                    self.set_routing(partition_count);
                     let _ = reply.send(out);
                 }
                 Ok(Work::Release { partitions, reply }) => {
                     self.checkpoint()?;
                     for p in partitions {
+                        self.owned.remove(&p);
                         self.status.released(p);
                     }
                     let _ = reply.send(());
@@ -845,7 +919,7 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     self.checkpoint()?;
-                    if self.forwarder.has_work() {
+                    if self.forwarder.has_work() || self.routes.has_work() {
                         // Record the deliveries of the last round, so a restart need not
                         // look them up in the topic.
                         self.checkpoint()?;
@@ -854,12 +928,20 @@ impl Writer {
                 }
             }
             let due = self.last_checkpoint.elapsed() >= self.interval
-                && (self.applier.uncommitted() > 0 || self.forwarder.has_work());
+                && (self.applier.uncommitted() > 0
+                    || self.forwarder.has_work()
+                    || self.routes.has_work());
             if self.applier.uncommitted() >= self.max_events || due {
                 self.checkpoint()?;
             }
         }
         self.summary.dead_letters_pending = self.forwarder.pending();
+        if self.routes.pending() > 0 {
+            warn!(
+                pending = self.routes.pending(),
+                "identity records for other instances are not yet acknowledged; they are sent at the next start"
+            );
+        }
         self.summary.checkpoints = self.status.checkpoint_count();
         Ok(self.summary)
     }
@@ -869,36 +951,28 @@ impl Writer {
         let mut last: HashMap<u32, u64> = HashMap::new();
         let (mut applied, mut duplicates, mut erased) = (0u64, 0u64, 0u64);
         for (record, result) in raw.records.iter().zip(decoded) {
-            match result {
-                Ok(event) => match self.applier.apply(&event, record.partition)? {
-                    ApplyOutcome::Applied => applied += 1,
-                    ApplyOutcome::Duplicate => duplicates += 1,
-                    ApplyOutcome::Erased => erased += 1,
-                },
-                Err(rejection) => {
-                    let code = rejection.reason.code();
-                    self.applier.record_rejection(rejection.reason);
-                    *self.summary.rejected.entry(code.to_owned()).or_default() += 1;
-                    self.status
-                        .metrics
-                        .rejected
-                        .get_or_create(&ReasonLabel {
-                            reason: code.to_owned(),
-                        })
-                        .inc();
-                    let letter = DeadLetterRecord {
-                        reason: code.to_owned(),
-                        detail: rejection.detail,
-                        topic: self.topic.clone(),
-                        partition: record.partition,
-                        offset: record.offset,
-                        key: record.key.clone().map(|k| raw.data[k].to_vec()),
-                        payload: raw.data[record.payload.clone()].to_vec(),
-                    };
-                    self.forwarder.reject(&mut self.applier, letter);
-                }
-            }
             last.insert(record.partition, record.offset + 1);
+            self.applier.set_origin(record.partition, record.offset);
+            let payload = &raw.data[record.payload.clone()];
+            let key = record.key.clone().map(|k| &raw.data[k]);
+            let step = match (&record.route, result) {
+                (Some(Err(why)), _) => Err(Rejection::new(RejectReason::InvalidRoute, why.clone())),
+                (Some(Ok(route)), result) => {
+                    self.apply_routed(route, result, record.partition, key, payload)?
+                }
+                (None, Some(Ok(event))) => {
+                    Ok(self.apply_event(&event, record.partition, payload)?)
+                }
+                (None, Some(Err(rejection))) => Err(rejection),
+                (None, None) => Ok(None),
+            };
+            match step {
+                Ok(Some(ApplyOutcome::Applied)) => applied += 1,
+                Ok(Some(ApplyOutcome::Duplicate)) => duplicates += 1,
+                Ok(Some(ApplyOutcome::Erased)) => erased += 1,
+                Ok(None) => {}
+                Err(rejection) => self.reject(record, &raw.data, rejection),
+            }
         }
         let n = raw.records.len() as u64;
         self.summary.records += n;
@@ -922,13 +996,130 @@ impl Writer {
         Ok(())
     }
 
+    /// Applies an event read from the source, or forwards it when its id links to a profile
+    /// another instance holds. `None` when forwarded.
+    fn apply_event(
+        &mut self,
+        event: &Event,
+        partition: u32,
+        payload: &[u8],
+    ) -> Result<Option<ApplyOutcome>> {
+        let Some(target) = self.applier.forward_target(event.profile_id())? else {
+            return Ok(Some(self.applier.apply(event, partition)?));
+        };
+        self.applier.forward(target, payload);
+        if matches!(event.body, EventBody::Erase(_)) {
+            // The owner erases the profile; this store forgets the link and keeps a tombstone.
+            self.applier.apply(event, partition)?;
+        }
+        Ok(None)
+    }
+
+    /// Applies an identity record another instance routed here (see [`super::routes`]).
+    fn apply_routed(
+        &mut self,
+        route: &RouteHeader,
+        event: Option<std::result::Result<Event, Rejection>>,
+        partition: u32,
+        key: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Result<std::result::Result<Option<ApplyOutcome>, Rejection>> {
+        let invalid = |why: &str| Ok(Err(Rejection::new(RejectReason::InvalidRoute, why)));
+        let Some(key) = key.and_then(|k| std::str::from_utf8(k).ok()) else {
+            return invalid("an identity record needs a UTF-8 key (the id it is for)");
+        };
+        if !self.marks.admit(&mut self.applier, route, partition)? {
+            self.applier.note_route_copy();
+            return Ok(Ok(Some(ApplyOutcome::Duplicate)));
+        }
+        self.summary.routed_in += 1;
+        let other = route.other.as_deref().unwrap_or_default();
+        match route.kind {
+            RouteKind::Forward => match event {
+                Some(Ok(event)) => match self.applier.forward_target(key)? {
+                    Some(target) => {
+                        self.applier.forward(target, payload);
+                        Ok(Ok(None))
+                    }
+                    None => Ok(Ok(Some(
+                        self.applier.apply_forwarded(&event, partition, key)?,
+                    ))),
+                },
+                Some(Err(rejection)) => Ok(Err(rejection)),
+                None => invalid("a forwarded record without an event"),
+            },
+            RouteKind::Handoff => {
+                self.applier.handoff(key, other, partition)?;
+                Ok(Ok(None))
+            }
+            RouteKind::Merge => {
+                let Ok(state) = patron_store::codec::decode::<CustomerState>("route", key, payload)
+                else {
+                    return invalid("a merge record whose payload is not a profile state");
+                };
+                self.applier.merge_in(key, other, state, partition)?;
+                Ok(Ok(None))
+            }
+        }
+    }
+
+    /// Counts a rejected record and queues it for the dead-letter topic.
+    fn reject(&mut self, record: &RawRecord, data: &[u8], rejection: Rejection) {
+        let code = rejection.reason.code();
+        self.applier.record_rejection(rejection.reason);
+        *self.summary.rejected.entry(code.to_owned()).or_default() += 1;
+        self.status
+            .metrics
+            .rejected
+            .get_or_create(&ReasonLabel {
+                reason: code.to_owned(),
+            })
+            .inc();
+        let letter = DeadLetterRecord {
+            reason: code.to_owned(),
+            detail: rejection.detail,
+            topic: self.topic.clone(),
+            partition: record.partition,
+            offset: record.offset,
+            key: record.key.clone().map(|k| data[k].to_vec()),
+            payload: data[record.payload.clone()].to_vec(),
+        };
+        self.forwarder.reject(&mut self.applier, letter);
+    }
+
+    /// Turns identity routing on when this instance owns fewer than all partitions.
+    fn set_routing(&mut self, partition_count: u32) {
+        let routing = (self.owned.len() as u32) < partition_count;
+        if routing != self.applier.routing() {
+            info!(
+                owned = self.owned.len(),
+                partitions = partition_count,
+                "identity merges {} the log",
+                if routing {
+                    "go through"
+                } else {
+                    "no longer go through"
+                }
+            );
+        }
+        self.applier.set_routing(routing);
+    }
+
     fn checkpoint(&mut self) -> Result<()> {
+        self.summary.routed_out += self.routes.before_checkpoint(&mut self.applier);
         self.forwarder.before_checkpoint(&mut self.applier);
         let stats = self.applier.checkpoint()?;
         let offsets: Vec<(u32, u64)> = self.offsets.iter().map(|(p, n)| (*p, *n)).collect();
         self.status
             .committed(self.applier.counters(), &offsets, stats.duration);
         *self.committed_offsets.lock().expect("offsets lock") = offsets;
+        self.routes.after_checkpoint();
+        self.status.identity_routing(
+            self.applier.routing(),
+            self.summary.routed_out,
+            self.summary.routed_in,
+            self.routes.pending(),
+        );
         let delivered = self.forwarder.after_checkpoint();
         self.status
             .dead_letters(self.forwarder.pending(), delivered);

@@ -7,6 +7,8 @@
 //! - [`dead_letters`]: the outbox forwarder that moves committed dead letters to the topic
 //!   exactly once.
 //! - [`embedded`]: librdkafka's in-process mock cluster, the default broker.
+//! - [`routes`]: the outbox forwarder for identity records (handoffs, merges, forwards) that
+//!   move state between instances owning different partitions.
 //! - [`produce`]: a keyed producer for `generate --kafka`, `demo` and the API.
 //! - [`status`]: live status and Prometheus metrics for the API.
 
@@ -14,6 +16,7 @@ pub mod dead_letters;
 pub mod embedded;
 pub mod ingest;
 pub mod produce;
+pub mod routes;
 pub mod status;
 
 use rdkafka::ClientConfig;
@@ -61,4 +64,11 @@ pub mod headers {
     pub const SEQ: &str = "patron.seq";
     /// The store that wrote the dead letter (several stores may share one topic).
     pub const STORE: &str = "patron.store";
+    /// On identity records in the source topic: `handoff`, `merge` or `forward`.
+    pub const ROUTE: &str = "patron.route";
+    /// Handoff: the canonical id to merge into. Merge: the id whose state the payload holds.
+    pub const ROUTE_OTHER: &str = "patron.route.other";
+    /// The source record whose application produced an identity record.
+    pub const ORIGIN_PARTITION: &str = "patron.origin.partition";
+    pub const ORIGIN_OFFSET: &str = "patron.origin.offset";
 }

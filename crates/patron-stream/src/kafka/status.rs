@@ -78,6 +78,19 @@ pub struct DeadLetterStatus {
     pub topic: String,
 }
 
+/// Identity merges between instances (see `applier::route`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IdentityRoutingStatus {
+    /// On when this instance owns fewer partitions than the topic has.
+    pub routing: bool,
+    /// Handoffs, merged states and forwarded events sent to other partitions' owners, and
+    /// received from them, since this process started.
+    pub sent: u64,
+    pub received: u64,
+    /// Committed in the route outbox, not yet acknowledged by the topic.
+    pub pending: u64,
+}
+
 /// The `/v1/status` document.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
@@ -93,6 +106,7 @@ pub struct StatusReport {
     pub as_of: Option<String>,
     pub partitions: Vec<PartitionStatus>,
     pub dead_letters: DeadLetterStatus,
+    pub identity_routing: IdentityRoutingStatus,
     pub checkpoints: u64,
 }
 
@@ -199,6 +213,7 @@ pub struct IngestStatus {
     checkpoints: AtomicU64,
     dead_letters_pending: AtomicU64,
     dead_letters_delivered: AtomicU64,
+    identity_routing: Mutex<IdentityRoutingStatus>,
     checkpoint_micros: Mutex<hdrhistogram::Histogram<u64>>,
     pub metrics: IngestMetrics,
 }
@@ -216,6 +231,7 @@ impl IngestStatus {
             checkpoints: AtomicU64::new(0),
             dead_letters_pending: AtomicU64::new(0),
             dead_letters_delivered: AtomicU64::new(0),
+            identity_routing: Mutex::default(),
             checkpoint_micros: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)
                     .expect("valid histogram bounds"),
@@ -340,6 +356,15 @@ impl IngestStatus {
         self.metrics.dead_letters_delivered.inc_by(newly_delivered);
     }
 
+    pub(crate) fn identity_routing(&self, routing: bool, sent: u64, received: u64, pending: u64) {
+        *self.identity_routing.lock().expect("status lock") = IdentityRoutingStatus {
+            routing,
+            sent,
+            received,
+            pending,
+        };
+    }
+
     /// Checkpoint duration quantile (0..1), from every checkpoint of this process.
     pub fn checkpoint_quantile(&self, q: f64) -> Duration {
         let h = self.checkpoint_micros.lock().expect("status lock");
@@ -385,6 +410,7 @@ impl IngestStatus {
                 delivered: self.dead_letters_delivered.load(Ordering::Relaxed),
                 topic: self.dlq_topic.clone(),
             },
+            identity_routing: self.identity_routing.lock().expect("status lock").clone(),
             checkpoints: self.checkpoints.load(Ordering::Relaxed),
         }
     }
