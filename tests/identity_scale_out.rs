@@ -10,12 +10,14 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use chrono::TimeZone;
 use common::kafka::*;
 use common::*;
 use patron_core::state::CustomerState;
 use patron_store::{DailyTotals, Store};
+use patron_stream::applier::home_partition;
 use patron_synth::{Generator, SynthConfig, SynthEvent};
 use serde_json::Value;
 
@@ -37,12 +39,20 @@ fn synth() -> SynthConfig {
 
 /// Every profile of a store, by id.
 fn profiles(store: &Path) -> BTreeMap<String, CustomerState> {
+    scoped_profiles(store)
+        .into_iter()
+        .map(|(id, (_, state))| (id, state))
+        .collect()
+}
+
+/// Every profile of a store with the partition that holds it.
+fn scoped_profiles(store: &Path) -> BTreeMap<String, (u32, CustomerState)> {
     let store = Store::open_existing(store).expect("open store");
     let reader = store.reader().expect("read snapshot");
     let mut out = BTreeMap::new();
     reader
-        .for_each_profile(|id, _, state| {
-            out.insert(id.to_owned(), state);
+        .for_each_profile(|id, scope, state| {
+            out.insert(id.to_owned(), (scope, state));
         })
         .expect("scan profiles");
     out
@@ -170,6 +180,57 @@ fn later_events(links: &[(String, String)], after: i64) -> Vec<SynthEvent> {
     out
 }
 
+/// The profiles of several stores, each owning some partitions, gathered into one map. Every
+/// profile must sit in its id's home partition, in the store that owns it, and in one store.
+fn gather(stores: &[(&Path, Vec<u32>)]) -> BTreeMap<String, CustomerState> {
+    let mut together = BTreeMap::new();
+    for (store, owned) in stores {
+        for (id, (scope, state)) in scoped_profiles(store) {
+            assert_eq!(
+                scope,
+                home_partition(&id, 4),
+                "{id} is held away from its home"
+            );
+            assert!(
+                owned.contains(&scope),
+                "{id} (partition {scope}) in the wrong store"
+            );
+            assert!(
+                together.insert(id.clone(), state).is_none(),
+                "{id} held twice"
+            );
+        }
+    }
+    together
+}
+
+/// The same profiles as the single-store oracle, state by state.
+fn assert_same_profiles(
+    together: &BTreeMap<String, CustomerState>,
+    expected: &BTreeMap<String, CustomerState>,
+) {
+    let extra: Vec<&String> = together
+        .keys()
+        .filter(|id| !expected.contains_key(*id))
+        .collect();
+    let missing: Vec<&String> = expected
+        .keys()
+        .filter(|id| !together.contains_key(*id))
+        .collect();
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "profiles left unmerged: {extra:?}; profiles missing: {missing:?}"
+    );
+    for (id, want) in expected {
+        assert!(
+            same(&normalised(&together[id]), &normalised(want)),
+            "{id} differs:\n two instances: {}\n one store:     {}",
+            normalised(&together[id]),
+            normalised(want)
+        );
+    }
+}
+
 #[test]
 fn merges_across_instances_equal_one_instance() {
     let dir = test_dir();
@@ -184,7 +245,16 @@ fn merges_across_instances_equal_one_instance() {
         "the data set links anonymous ids ({})",
         linked.len()
     );
-    produce(&broker.bootstrap(), &topic, &events);
+    let positions = produce(&broker.bootstrap(), &topic, &events);
+    // Patron's idea of an id's home is where the producer's default partitioner put it.
+    for (e, p) in events.iter().zip(&positions) {
+        assert_eq!(
+            p.partition as u32,
+            home_partition(&e.key, 4),
+            "the broker put key {} elsewhere",
+            e.key
+        );
+    }
 
     let (a, b) = (dir.path().join("a.redb"), dir.path().join("b.redb"));
     let brokers = broker.bootstrap();
@@ -241,32 +311,9 @@ fn merges_across_instances_equal_one_instance() {
         "the oracle has renamed customers"
     );
 
-    let (in_a, in_b) = (profiles(&a), profiles(&b));
-    let both: Vec<&String> = in_a.keys().filter(|id| in_b.contains_key(*id)).collect();
-    assert!(both.is_empty(), "profiles held by both instances: {both:?}");
-    let mut together = in_a;
-    together.extend(in_b);
-    let extra: Vec<&String> = together
-        .keys()
-        .filter(|id| !expected.contains_key(*id))
-        .collect();
-    let missing: Vec<&String> = expected
-        .keys()
-        .filter(|id| !together.contains_key(*id))
-        .collect();
-    assert!(
-        extra.is_empty() && missing.is_empty(),
-        "profiles left unmerged: {extra:?}; profiles missing: {missing:?}"
-    );
-    for (id, want) in &expected {
-        let got = &together[id];
-        assert!(
-            same(&normalised(got), &normalised(want)),
-            "{id} differs:\n two instances: {}\n one store:     {}",
-            normalised(got),
-            normalised(want)
-        );
-    }
+    // Every profile lives in its id's home partition, in the instance owning that partition.
+    let together = gather(&[(&a, vec![0, 1]), (&b, vec![2, 3])]);
+    assert_same_profiles(&together, &expected);
 
     // Daily totals add up: every event counted once, every customer's first purchase once.
     let mut summed: BTreeMap<i32, (u64, u64, i64)> = BTreeMap::new();
@@ -292,4 +339,124 @@ fn merges_across_instances_equal_one_instance() {
     let mut again = profiles(&a);
     again.extend(profiles(&b));
     assert_eq!(again.len(), expected.len());
+}
+
+/// The partitions an instance reads now (not released), from its `/v1/status`.
+fn owned(status: &Value) -> BTreeMap<u32, (i64, Option<i64>)> {
+    status["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["state"] != "released")
+        .filter_map(|p| {
+            Some((
+                p["partition"].as_u64()? as u32,
+                (
+                    p["committed_offset"].as_i64()?,
+                    p["high_watermark"].as_i64(),
+                ),
+            ))
+        })
+        .collect()
+}
+
+/// Polls both instances until, together, they read every partition, each committed up to its
+/// log end and past what was produced, with nothing routed waiting, and that holds unchanged
+/// across the broker's next statistics.
+fn wait_settled(instances: &mut [&mut Serve], ends: &TopicEnds, partitions: u32) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let mut stable: Option<(std::time::Instant, Vec<Value>)> = None;
+    let mut last = Vec::new();
+    while std::time::Instant::now() < deadline {
+        let statuses: Vec<Value> = instances
+            .iter()
+            .map(|s| s.status().unwrap_or(Value::Null))
+            .collect();
+        let mut all = BTreeMap::new();
+        for s in &statuses {
+            all.extend(owned(s));
+        }
+        let settled = all.len() as u32 == partitions
+            && all.iter().all(|(p, (committed, end))| {
+                *end == Some(*committed) && ends.0.get(&(*p as i32)).is_none_or(|e| committed >= e)
+            })
+            && statuses.iter().all(|s| {
+                s["identity_routing"]["pending"] == 0 && s["dead_letters"]["pending"] == 0
+            });
+        let view: Vec<Value> = statuses.iter().map(|s| s["partitions"].clone()).collect();
+        match (&stable, settled) {
+            (Some((since, seen)), true) if *seen == view => {
+                if since.elapsed() >= Duration::from_millis(2_500) {
+                    return;
+                }
+            }
+            (_, true) => stable = Some((std::time::Instant::now(), view)),
+            (_, false) => stable = None,
+        }
+        last = statuses;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("the two instances did not settle within {DEADLINE:?}; last statuses: {last:#?}");
+}
+
+/// Two `serve` processes in one consumer group split four partitions while events stream in;
+/// identify and alias merges between their partitions go through the topic. Stopped, their
+/// stores together equal a file replay of the same events.
+#[test]
+fn two_serve_instances_share_the_identities() {
+    let dir = test_dir();
+    let broker = Broker::memory();
+    let first_dir = dir.path().join("a");
+    std::fs::create_dir_all(&first_dir).expect("create a dir");
+    let first = ServeSetup::kafka(&first_dir, &broker);
+    let second = first.sibling(&dir.path().join("b"));
+    let mut a = first.start();
+    let mut b = second.start();
+
+    // Both must hold partitions before the stream starts, or one would read everything.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let (sa, sb) = (
+            a.status().unwrap_or_default(),
+            b.status().unwrap_or_default(),
+        );
+        let (oa, ob) = (owned(&sa), owned(&sb));
+        if !oa.is_empty() && !ob.is_empty() && oa.len() + ob.len() == 4 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the group never split the partitions: {sa:#} {sb:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let cfg = SynthConfig {
+        customers: 400,
+        ..synth()
+    };
+    let mut events: Vec<SynthEvent> = Generator::new(cfg).collect();
+    let linked = links(&events);
+    let mut positions = produce(&broker.bootstrap(), &first.topic, &events);
+    let last_ts = events.iter().map(|e| e.ts_millis).max().expect("events");
+    let later = later_events(&linked, last_ts);
+    positions.extend(produce(&broker.bootstrap(), &first.topic, &later));
+    events.extend(later);
+    wait_settled(&mut [&mut a, &mut b], &TopicEnds::of(&positions), 4);
+    let (sa, sb) = (a.status().expect("status"), b.status().expect("status"));
+    let sent = sa["identity_routing"]["sent"].as_u64().unwrap_or(0)
+        + sb["identity_routing"]["sent"].as_u64().unwrap_or(0);
+    assert!(sent > 50, "merges went through the topic ({sent} records)");
+    let (held_a, held_b) = (owned(&sa), owned(&sb));
+    a.terminate();
+    b.terminate();
+
+    file_oracle(dir.path(), &events);
+    let expected = profiles(&dir.path().join("oracle.redb"));
+    let held = |status: &BTreeMap<u32, (i64, Option<i64>)>| status.keys().copied().collect();
+    let together = gather(&[
+        (&first.store, held(&held_a)),
+        (&second.store, held(&held_b)),
+    ]);
+    assert_same_profiles(&together, &expected);
 }

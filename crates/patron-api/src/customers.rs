@@ -415,8 +415,10 @@ pub async fn delete_customer(
         "customer_id": id,
     })
     .to_string();
+    // Keyed by the canonical id, so the erasure lands where the profile lives (see
+    // docs/ARCHITECTURE.md, Identity).
     let landed = producer
-        .enqueue(id.as_bytes(), record.as_bytes())
+        .enqueue(stored.customer_id.as_bytes(), record.as_bytes())
         .map_err(ApiError::internal)?
         .landed()
         .await

@@ -22,6 +22,8 @@ use crate::Result;
 
 mod route;
 
+pub use route::{Placement, home_partition};
+
 struct CachedProfile {
     scope: u32,
     /// `None` once merged into another profile or erased; deleted at the next checkpoint.
@@ -394,6 +396,19 @@ impl Applier {
         self.erasure.counters.ids += ids.len() as u64;
         self.erasure.dirty = true;
         Ok(())
+    }
+
+    /// An erasure forwarded to the canonical id's home: this store drops the id's link and
+    /// keeps a tombstone on it, so its old events are dropped here too.
+    fn forget(&mut self, id: &str, at: Millis) {
+        if self.aliases.remove(id).is_some() {
+            self.erasure.aliases_removed.push(id.to_owned());
+        }
+        self.new_aliases.retain(|(from, _)| from != id);
+        let at = self.tombstones.get(id).map_or(at, |t| (*t).max(at));
+        self.tombstones.insert(id.to_owned(), at);
+        self.erasure.tombstones.push((id.to_owned(), at));
+        self.erasure.dirty = true;
     }
 
     /// Keeps `new_customers` per day right when a profile's first purchase appears or moves.

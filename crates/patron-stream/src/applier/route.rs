@@ -1,45 +1,68 @@
-//! Identity across instances: merges routed through the log.
+//! Identity across partitions: merges routed through the log.
 //!
-//! When one writer owns every partition, an `identify` or `alias` folds the other profile in
-//! directly. When several instances split the partitions, the other id's state may live in
-//! another store. Then, like a Kafka Streams repartition, the writer produces records to the
+//! With routing on (a Kafka source of several partitions read by `serve`, or one instance's
+//! share of them), every id's state lives in its **home partition**: the partition its key
+//! hashes to ([`home_partition`], the producer's default partitioner). An `identify` or `alias`
+//! whose two ids have different homes cannot fold the other profile in directly, since another
+//! instance may hold it. Like a Kafka Streams repartition, the writer produces records to the
 //! source topic, keyed so that the owner of the right partition applies them:
-//! - a **handoff**, keyed by the other id: "merge your state of this id into that canonical id";
-//! - a **merge**, keyed by the canonical id, carrying the state the owner of the other id took
-//!   out of its store;
-//! - a **forward**, keyed by the canonical id: a later event under a linked id, whose canonical
-//!   profile lives elsewhere, re-sent unchanged to the canonical owner.
+//! - a **handoff**, keyed by the other id: "move your state of this id into that canonical id";
+//! - a **merge**, keyed by the canonical id, carrying the state the other id's home took out;
+//! - a **forward**, keyed by the canonical id: a record under a linked id, re-sent unchanged to
+//!   the canonical id's home.
 //!
-//! Each record names its origin (the source record whose application produced it). A receiver
-//! keeps, per origin partition, the next origin offset it expects, and drops anything below it,
-//! so a record resent after a crash, or produced again by a rebuild, is applied once.
+//! Where each piece of state ends up is then a function of the log alone, not of which instance
+//! owned what when: a partition moved to another instance, or rebuilt from the start, comes out
+//! the same. Each record names its origin (the source record whose application produced it); a
+//! receiver keeps, per origin partition, the next origin offset it expects and drops anything
+//! below it, so a record resent after a crash, or produced again by a rebuild, is applied once.
+//!
+//! Without routing (files, one partition, or `replay --from-kafka` of every partition) the
+//! writer holds every id and folds directly.
 
-use patron_core::state::CustomerState;
+use patron_core::event::{Event, EventBody};
+use patron_core::state::{ApplyOutcome, CustomerState};
 use patron_store::{RouteKind, RoutedRecord};
 
 use super::Applier;
 use crate::Result;
 
+/// The partition a message keyed `key` goes to among `partitions`: librdkafka's default
+/// `consistent_random` partitioner for a non-empty key (CRC-32 of the key, modulo the count),
+/// which every Patron producer uses. Producers of the topic must use the same one.
+pub fn home_partition(key: &str, partitions: u32) -> u32 {
+    crc32fast::hash(key.as_bytes()) % partitions.max(1)
+}
+
 /// Routing state of an [`Applier`].
 #[derive(Default)]
 pub(super) struct Routes {
-    /// Set when this writer does not own every partition of its topic.
-    enabled: bool,
+    /// The topic's partition count while routing is on.
+    partitions: Option<u32>,
     /// The source record being applied (partition, offset): the origin of what it routes.
     origin: (u32, u64),
     /// Produced since the last [`Applier::take_routed`].
     out: Vec<RoutedRecord>,
 }
 
+/// What to do with a record read from the source.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Apply it here to this canonical id.
+    Here(String),
+    /// Forward it, keyed by this canonical id, to that id's home partition.
+    Forward(String),
+}
+
 impl Applier {
-    /// Routes identity work through the log (set when this writer does not own every
-    /// partition); otherwise every merge is done in this store.
-    pub fn set_routing(&mut self, enabled: bool) {
-        self.routes.enabled = enabled;
+    /// Routes identity work through the log for a topic of `partitions` partitions (`None`:
+    /// every merge is done in this store).
+    pub fn set_routing(&mut self, partitions: Option<u32>) {
+        self.routes.partitions = partitions.filter(|n| *n > 1);
     }
 
     pub fn routing(&self) -> bool {
-        self.routes.enabled
+        self.routes.partitions.is_some()
     }
 
     /// The source record about to be applied, named as the origin of what it routes.
@@ -52,45 +75,42 @@ impl Applier {
         std::mem::take(&mut self.routes.out)
     }
 
-    /// With routing on: the canonical id to forward a record for `id` to, when `id` links to a
-    /// profile this store does not hold.
-    pub fn forward_target(&mut self, id: &str) -> Result<Option<String>> {
-        if !self.routes.enabled {
-            return Ok(None);
-        }
+    fn home(&self, id: &str) -> Option<u32> {
+        self.routes.partitions.map(|n| home_partition(id, n))
+    }
+
+    /// Where a record for `id` read from `partition` belongs: here, or at the home of the
+    /// canonical id `id` links to.
+    pub fn place(&self, id: &str, partition: u32) -> Placement {
         let canonical = self.resolve(id);
-        if canonical == id || self.is_local(&canonical)? {
-            return Ok(None);
+        match self.home(&canonical) {
+            Some(home) if home != partition => Placement::Forward(canonical),
+            _ => Placement::Here(canonical),
         }
-        Ok(Some(canonical))
     }
 
-    /// Queues a forward of `payload` (the source record) to the owner of `target`.
-    pub fn forward(&mut self, target: String, payload: &[u8]) {
+    /// Forwards `payload` (a source record) to the home of `target`. An erasure also takes
+    /// effect here: the link goes, and the id keeps a tombstone.
+    pub fn forward(&mut self, target: String, event: &Event, payload: &[u8]) -> Result<()> {
         self.route(RouteKind::Forward, target, None, payload.to_vec());
-    }
-
-    /// Applies an event another instance forwarded to the canonical id `target`.
-    pub fn apply_forwarded(
-        &mut self,
-        event: &patron_core::event::Event,
-        scope: u32,
-        target: &str,
-    ) -> Result<patron_core::state::ApplyOutcome> {
-        self.apply_to(event, scope, target)
-    }
-
-    /// Whether this store holds the profile `id` (not merged away, not erased).
-    fn is_local(&mut self, id: &str) -> Result<bool> {
-        if let Some(p) = self.profiles.get(id) {
-            return Ok(p.state.is_some());
+        if let EventBody::Erase(erase) = &event.body {
+            self.forget(&erase.customer_id, event.ts);
         }
-        Ok(self.snapshot.profile_exact(id)?.is_some())
+        Ok(())
+    }
+
+    /// Applies a record at its canonical id's home, `scope` (see [`Self::place`]).
+    pub fn apply_placed(
+        &mut self,
+        event: &Event,
+        scope: u32,
+        canonical: &str,
+    ) -> Result<ApplyOutcome> {
+        self.apply_to(event, scope, canonical)
     }
 
     /// Counts an identity record dropped as a copy of one applied before.
     pub fn note_route_copy(&mut self) {
-        self.counters.duplicates += 1;
         self.uncommitted += 1;
     }
 
@@ -108,56 +128,53 @@ impl Applier {
     }
 
     /// Links `merged` (an identify's anonymous id, an alias' previous id) to `canonical`,
-    /// folding in its profile here, or asking its owner for it.
+    /// folding its profile in here when both share a home, else asking its home for it.
     pub(super) fn link(&mut self, merged: &str, canonical: &str) -> Result<()> {
         let source = self.resolve(merged);
         if source == canonical {
             return Ok(());
         }
-        if !self.routes.enabled || self.is_local(&source)? {
-            return self.fold_in(merged, canonical);
+        match (self.home(&source), self.home(canonical)) {
+            (Some(a), Some(b)) if a != b => {
+                self.link_ids(&[&source, merged], canonical);
+                self.route(
+                    RouteKind::Handoff,
+                    source,
+                    Some(canonical.to_owned()),
+                    Vec::new(),
+                );
+                Ok(())
+            }
+            _ => self.fold_in(merged, canonical),
         }
-        self.link_ids(&[&source, merged], canonical);
-        self.route(
-            RouteKind::Handoff,
-            source,
-            Some(canonical.to_owned()),
-            Vec::new(),
-        );
-        Ok(())
     }
 
-    /// A handoff: the profile `id` resolves to here goes into `into`, in this store when it
-    /// holds both, else as a merge record to the owner of `into`.
+    /// A handoff at `id`'s home `scope`: the profile held under `id` goes into the profile
+    /// `into` resolves to, here when that shares the home, else as a merge record.
     pub fn handoff(&mut self, id: &str, into: &str, scope: u32) -> Result<()> {
         self.uncommitted += 1;
-        let source = self.resolve(id);
         let target = self.resolve(into);
-        if source == target {
+        if target == id {
             return Ok(());
         }
-        if !self.is_local(&source)? {
-            self.link_ids(&[id], &target);
-            if source != id {
-                // Linked here to a profile held elsewhere: pass the request on.
-                self.route(RouteKind::Handoff, source, Some(target), Vec::new());
+        if self.snapshot_or_cache_has(id)? {
+            match self.take_state(id, scope)? {
+                Some(state) => self.deliver_merge(&target, id, state, scope)?,
+                None => self.link_ids(&[id], &target),
             }
             return Ok(());
         }
-        if self.is_local(&target)? {
-            return self.fold_in(id, &target);
-        }
-        let state = self.take_state(&source, scope)?;
-        self.link_ids(&[&source, id], &target);
-        if let Some(state) = state {
-            let payload = patron_store::codec::encode(&state);
-            self.route(RouteKind::Merge, target, Some(source), payload);
+        // No profile under `id`: it may have been merged into another id before.
+        let linked = self.resolve(id);
+        self.link_ids(&[id], &target);
+        if linked != id && linked != target {
+            self.route(RouteKind::Handoff, linked, Some(target), Vec::new());
         }
         Ok(())
     }
 
-    /// A merge: `state`, the profile of `other` taken out of another store, joins the profile
-    /// `id` resolves to (created here in partition `scope` when new).
+    /// A merge at `scope`: `state`, the profile of `other` taken out at its home, joins the
+    /// profile `id` resolves to.
     pub fn merge_in(
         &mut self,
         id: &str,
@@ -165,17 +182,42 @@ impl Applier {
         state: CustomerState,
         scope: u32,
     ) -> Result<()> {
+        self.uncommitted += 1;
         let target = self.resolve(id);
-        if target != id && !self.is_local(&target)? {
-            // Linked here to a profile held elsewhere: pass the state on.
+        self.deliver_merge(&target, other, state, scope)
+    }
+
+    /// Merges `state` (of `other`) into `target` when `target`'s home is `scope`, else sends it
+    /// on as a merge record; links `other` to `target` either way.
+    fn deliver_merge(
+        &mut self,
+        target: &str,
+        other: &str,
+        state: CustomerState,
+        scope: u32,
+    ) -> Result<()> {
+        if self.home(target).is_some_and(|home| home != scope) {
             let payload = patron_store::codec::encode(&state);
-            self.route(RouteKind::Merge, target, Some(other.to_owned()), payload);
+            self.route(
+                RouteKind::Merge,
+                target.to_owned(),
+                Some(other.to_owned()),
+                payload,
+            );
+            self.link_ids(&[other], target);
             return Ok(());
         }
-        self.uncommitted += 1;
-        self.load(&target, scope)?;
-        self.merge_state(&target, state)?;
-        self.link_ids(&[other], &target);
+        self.load(target, scope)?;
+        self.merge_state(target, state)?;
+        self.link_ids(&[other], target);
         Ok(())
+    }
+
+    /// Whether this store holds a profile under exactly `id`.
+    fn snapshot_or_cache_has(&mut self, id: &str) -> Result<bool> {
+        if let Some(p) = self.profiles.get(id) {
+            return Ok(p.state.is_some());
+        }
+        Ok(self.snapshot.profile_exact(id)?.is_some())
     }
 }

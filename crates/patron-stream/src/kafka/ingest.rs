@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use patron_core::config::PatronConfig;
 use patron_core::decode::{Decoder, RejectReason, Rejection};
-use patron_core::event::{Event, EventBody};
+use patron_core::event::Event;
 use patron_core::state::{ApplyContext, ApplyOutcome, CustomerState};
 use patron_core::time::{Millis, now_millis};
 use patron_store::{DeadLetterRecord, RouteKind, SourcePosition, Store};
@@ -39,7 +39,7 @@ use super::dead_letters::DeadLetterForwarder;
 use super::routes::{RouteForwarder, RouteHeader, RouteMarks, parse_route};
 use super::status::{IngestStatus, ReasonLabel};
 use super::{KafkaSource, client_config};
-use crate::applier::Applier;
+use crate::applier::{Applier, Placement};
 use crate::{Result, StreamError};
 
 /// Records per decoded batch, and the longest a partial batch waits.
@@ -94,6 +94,9 @@ pub struct IngestSummary {
     /// received and applied.
     pub routed_out: u64,
     pub routed_in: u64,
+    /// Identity records dropped as copies of ones applied before (resent after a crash, or
+    /// produced again by a rebuild).
+    pub routed_copies: u64,
     /// Partitions stopped on an error, with the reason.
     pub stopped: Vec<(u32, String)>,
 }
@@ -587,6 +590,7 @@ pub fn run(
         applier,
         forwarder,
         routes,
+        mode: opts.mode,
         marks: RouteMarks::new(&opts.source.position_key(), &opts.source.incarnation),
         owned: BTreeSet::new(),
         source_key: opts.source.position_key(),
@@ -869,6 +873,7 @@ struct Writer {
     applier: Applier,
     forwarder: DeadLetterForwarder,
     routes: RouteForwarder,
+    mode: Mode,
     marks: RouteMarks,
     /// Partitions assigned to this instance now.
     owned: BTreeSet<u32>,
@@ -996,26 +1001,40 @@ impl Writer {
         Ok(())
     }
 
-    /// Applies an event read from the source, or forwards it when its id links to a profile
-    /// another instance holds. `None` when forwarded.
+    /// Applies an event read from the source at its canonical id's home, or forwards it there.
+    /// `None` when forwarded.
     fn apply_event(
         &mut self,
         event: &Event,
         partition: u32,
         payload: &[u8],
     ) -> Result<Option<ApplyOutcome>> {
-        let Some(target) = self.applier.forward_target(event.profile_id())? else {
+        if !self.applier.routing() {
             return Ok(Some(self.applier.apply(event, partition)?));
-        };
-        self.applier.forward(target, payload);
-        if matches!(event.body, EventBody::Erase(_)) {
-            // The owner erases the profile; this store forgets the link and keeps a tombstone.
-            self.applier.apply(event, partition)?;
         }
-        Ok(None)
+        self.place(event, event.profile_id(), partition, payload)
     }
 
-    /// Applies an identity record another instance routed here (see [`super::routes`]).
+    fn place(
+        &mut self,
+        event: &Event,
+        id: &str,
+        partition: u32,
+        payload: &[u8],
+    ) -> Result<Option<ApplyOutcome>> {
+        match self.applier.place(id, partition) {
+            Placement::Here(canonical) => Ok(Some(
+                self.applier.apply_placed(event, partition, &canonical)?,
+            )),
+            Placement::Forward(target) => {
+                self.applier.forward(target, event, payload)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Applies an identity record another partition's writer routed here (see
+    /// [`super::routes`]).
     fn apply_routed(
         &mut self,
         route: &RouteHeader,
@@ -1030,21 +1049,14 @@ impl Writer {
         };
         if !self.marks.admit(&mut self.applier, route, partition)? {
             self.applier.note_route_copy();
-            return Ok(Ok(Some(ApplyOutcome::Duplicate)));
+            self.summary.routed_copies += 1;
+            return Ok(Ok(None));
         }
         self.summary.routed_in += 1;
         let other = route.other.as_deref().unwrap_or_default();
         match route.kind {
             RouteKind::Forward => match event {
-                Some(Ok(event)) => match self.applier.forward_target(key)? {
-                    Some(target) => {
-                        self.applier.forward(target, payload);
-                        Ok(Ok(None))
-                    }
-                    None => Ok(Ok(Some(
-                        self.applier.apply_forwarded(&event, partition, key)?,
-                    ))),
-                },
+                Some(Ok(event)) => Ok(Ok(self.place(&event, key, partition, payload)?)),
                 Some(Err(rejection)) => Ok(Err(rejection)),
                 None => invalid("a forwarded record without an event"),
             },
@@ -1087,9 +1099,13 @@ impl Writer {
         self.forwarder.reject(&mut self.applier, letter);
     }
 
-    /// Turns identity routing on when this instance owns fewer than all partitions.
+    /// Turns identity routing on: always for `serve` on a topic of several partitions (any
+    /// partition may move to another instance), and for a replay of only some partitions.
     fn set_routing(&mut self, partition_count: u32) {
-        let routing = (self.owned.len() as u32) < partition_count;
+        let routing = match self.mode {
+            Mode::Follow => partition_count > 1,
+            Mode::UntilEnd => (self.owned.len() as u32) < partition_count,
+        };
         if routing != self.applier.routing() {
             info!(
                 owned = self.owned.len(),
@@ -1102,7 +1118,7 @@ impl Writer {
                 }
             );
         }
-        self.applier.set_routing(routing);
+        self.applier.set_routing(routing.then_some(partition_count));
     }
 
     fn checkpoint(&mut self) -> Result<()> {
