@@ -448,11 +448,49 @@ fn two_serve_instances_share_the_identities() {
         + sb["identity_routing"]["sent"].as_u64().unwrap_or(0);
     assert!(sent > 50, "merges went through the topic ({sent} records)");
     let (held_a, held_b) = (owned(&sa), owned(&sb));
-    a.terminate();
-    b.terminate();
 
     file_oracle(dir.path(), &events);
     let expected = profiles(&dir.path().join("oracle.redb"));
+
+    // Either instance answers for any customer or linked id: the one that does not hold it
+    // forwards the request to the one that does.
+    let mut asked: Vec<(String, &CustomerState)> = expected
+        .iter()
+        .take(120)
+        .map(|(id, state)| (id.clone(), state))
+        .collect();
+    for (customer, anonymous) in linked.iter().take(60) {
+        let canonical = expected
+            .iter()
+            .find(|(id, s)| *id == customer || s.aliases.contains(customer))
+            .expect("the oracle holds every linked customer");
+        asked.push((anonymous.clone(), canonical.1));
+    }
+    let mut forwarded = 0;
+    for (id, state) in &asked {
+        let mut answers = Vec::new();
+        for (serve, holds) in [(&a, &held_a), (&b, &held_b)] {
+            let (code, body) = serve.send("GET", &format!("/v1/customers/{id}"), None);
+            assert_eq!(code, 200, "GET {id} on {}: {body:#}", serve.url);
+            assert_eq!(body["frequency"], state.frequency, "{id}: {body:#}");
+            let home = home_partition(body["customer_id"].as_str().expect("customer_id"), 4);
+            forwarded += u32::from(!holds.contains_key(&home));
+            answers.push(body["customer_id"].clone());
+        }
+        assert_eq!(
+            answers[0], answers[1],
+            "both instances name the same customer for {id}"
+        );
+        for serve in [&a, &b] {
+            let (code, body) = serve.send("GET", &format!("/v1/customers/{id}/offers"), None);
+            assert_eq!(code, 200, "offers for {id} on {}: {body:#}", serve.url);
+        }
+    }
+    assert!(forwarded >= 100, "requests forwarded: {forwarded}");
+    let (code, body) = a.send("GET", "/v1/customers/nobody-at-all", None);
+    assert_eq!(code, 404, "an unknown id is 404 after forwarding: {body:#}");
+    a.terminate();
+    b.terminate();
     let held = |status: &BTreeMap<u32, (i64, Option<i64>)>| status.keys().copied().collect();
     let together = gather(&[
         (&first.store, held(&held_a)),

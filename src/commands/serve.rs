@@ -13,6 +13,7 @@ use patron_store::Store;
 use patron_stream::kafka::KafkaSource;
 use patron_stream::kafka::embedded::EmbeddedBroker;
 use patron_stream::kafka::ingest::{self, IngestOptions, IngestSummary, Mode, StartAt};
+use patron_stream::kafka::members::Membership;
 use patron_stream::kafka::produce::IntakeProducer;
 use patron_stream::kafka::status::IngestStatus;
 use tracing::{info, warn};
@@ -175,18 +176,16 @@ pub(crate) fn serve(
     if seeded > 0 {
         tracing::info!("{seeded} offers from config written to the catalog");
     }
-    let state = Arc::new(
-        ApiState::new(
-            store.clone(),
-            status.clone(),
-            auth,
-            config.api.metrics_key.clone(),
-        )
-        .with_config(Arc::new(config.clone()))
-        .with_intake(Arc::new(
-            IntakeProducer::new(&kafka.brokers, &kafka.topic).map_err(Failure::runtime)?,
-        )),
-    );
+    let state = ApiState::new(
+        store.clone(),
+        status.clone(),
+        auth,
+        config.api.metrics_key.clone(),
+    )
+    .with_config(Arc::new(config.clone()))
+    .with_intake(Arc::new(
+        IntakeProducer::new(&kafka.brokers, &kafka.topic).map_err(Failure::runtime)?,
+    ));
     let runtime = super::runtime()?;
     let served: Result<(), Failure> = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&config.api.listen)
@@ -196,6 +195,21 @@ pub(crate) fn serve(
             })?;
         let addr = listener.local_addr().map_err(Failure::runtime)?;
         println!("HTTP: http://{addr}");
+        let state = match (embedded.is_none(), advertised_url(&config, addr)) {
+            // Instances of one group find each other through the members topic.
+            (true, Some(url)) => {
+                let members =
+                    Membership::start(&kafka.brokers, &kafka.topic, &url, status.clone(), stop.clone())
+                        .map_err(Failure::runtime)?;
+                info!(%url, "advertised to the group for request forwarding");
+                Arc::new(state.with_members(members))
+            }
+            (true, None) => {
+                warn!("[api] listen binds every interface and [api] advertised_url is unset: other instances cannot forward requests here");
+                Arc::new(state)
+            }
+            (false, _) => Arc::new(state),
+        };
         for line in &extras.banner {
             println!("{line}");
         }
@@ -252,6 +266,16 @@ fn report(s: &IngestSummary) {
 }
 
 /// SIGTERM or Ctrl-C.
+/// Where other instances reach this one: `[api] advertised_url`, else the bound address when
+/// it names one interface.
+fn advertised_url(config: &PatronConfig, bound: SocketAddr) -> Option<String> {
+    match &config.api.advertised_url {
+        Some(url) => Some(url.trim_end_matches('/').to_owned()),
+        None if bound.ip().is_unspecified() => None,
+        None => Some(format!("http://{bound}")),
+    }
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -85,16 +85,18 @@ pub struct CategoryAffinity {
     tag = "customers",
     params(("id" = String, Path, description = "customer id, or an alias of one")),
     responses(
-        (status = 200, description = "the profile", body = Profile),
+        (status = 200, description = "the profile (from the instance that holds it, when several split the topic)", body = Profile),
         (status = 401, description = "missing or unknown key", body = ErrorBody),
         (status = 403, description = "the key's role is not reader or above", body = ErrorBody),
         (status = 404, description = "no such customer", body = ErrorBody),
+        (status = 502, description = "the customer is held by another instance, which did not answer", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub async fn get_customer(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     state.auth.require(&headers, Role::Reader)?;
@@ -107,7 +109,13 @@ pub async fn get_customer(
     if let Some(body) = state.profiles.get(&id, tag) {
         return Ok(json_body(body));
     }
-    let found = find(&state, view, &reader, &id)?;
+    let found = match find(&state, view, &reader, &id) {
+        Ok(found) => found,
+        Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => {
+            return crate::forward::elsewhere(&state, &headers, &uri, &id, e).await;
+        }
+        Err(e) => return Err(e),
+    };
     let mut p = profile(
         &found.view,
         &state.config,

@@ -28,6 +28,7 @@ pub mod dashboard;
 pub mod decision_json;
 pub mod error;
 pub mod events;
+pub mod forward;
 pub mod hot_cache;
 pub mod http_metrics;
 pub mod kpis;
@@ -75,6 +76,9 @@ pub struct ApiState {
     pub profiles: hot_cache::ProfileCache,
     /// Hot customers' decision inputs (`[api] decision_cache_mb`).
     pub decisions: hot_cache::TaggedCache<Arc<offers::Prepared>>,
+    /// Which instance owns which partition, when several split the topic; requests for a
+    /// customer held elsewhere are forwarded there.
+    pub members: Option<Arc<patron_stream::kafka::members::Membership>>,
 }
 
 impl ApiState {
@@ -98,6 +102,7 @@ impl ApiState {
             query_limits: QueryLimits::default(),
             decoder: Decoder::default(),
             intake: None,
+            members: None,
             offers: offers::OfferBook::default(),
             profiles: hot_cache::ProfileCache::new(0),
             decisions: hot_cache::TaggedCache::new(0),
@@ -118,6 +123,12 @@ impl ApiState {
     /// Where `POST /v1/events` and erasures are produced.
     pub fn with_intake(mut self, producer: Arc<IntakeProducer>) -> Self {
         self.intake = Some(producer);
+        self
+    }
+
+    /// The members table: requests for customers another instance holds go there.
+    pub fn with_members(mut self, members: Arc<patron_stream::kafka::members::Membership>) -> Self {
+        self.members = Some(members);
         self
     }
 

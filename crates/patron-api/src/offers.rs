@@ -708,11 +708,13 @@ fn withheld(offer: &Offer, reason: String) -> Result<Cow<'static, RawValue>, Api
         (status = 401, description = "missing or unknown key", body = ErrorBody),
         (status = 403, description = "the key's role is not marketing or admin", body = ErrorBody),
         (status = 404, description = "no such customer", body = ErrorBody),
+        (status = 502, description = "the customer is held by another instance, which did not answer", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 pub async fn decide(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     Path(id): Path<String>,
     query: Result<Query<DecisionParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -740,14 +742,13 @@ pub async fn decide(
     let prepared = match state.decisions.get_if(&key, tag, |p| now < p.valid_until) {
         Some(p) => p,
         None => {
-            let p = Arc::new(prepare(
-                &state,
-                view,
-                reader,
-                &id,
-                params.channel.as_deref(),
-                now,
-            )?);
+            let p = match prepare(&state, view, reader, &id, params.channel.as_deref(), now) {
+                Ok(p) => Arc::new(p),
+                Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => {
+                    return crate::forward::elsewhere(&state, &headers, &uri, &id, e).await;
+                }
+                Err(e) => return Err(e),
+            };
             if p.planned {
                 state.decisions.insert(&key, tag, p.clone());
             }

@@ -263,6 +263,10 @@ pub struct ApiConfig {
     /// each decision still draws and ranks afresh.
     pub decision_cache_mb: u64,
     pub metrics_key: Option<String>,
+    /// The URL other instances reach this one's API at, for forwarding requests to the
+    /// instance that holds a customer. Default: `http://` + the bound address, unless it binds
+    /// every interface (then set it).
+    pub advertised_url: Option<String>,
     pub keys: Vec<ApiKeyConfig>,
 }
 
@@ -276,6 +280,7 @@ impl Default for ApiConfig {
             profile_cache_mb: 64,
             decision_cache_mb: 32,
             metrics_key: None,
+            advertised_url: None,
             keys: Vec::new(),
         }
     }

@@ -9,12 +9,15 @@
 //! - [`embedded`]: librdkafka's in-process mock cluster, the default broker.
 //! - [`routes`]: the outbox forwarder for identity records (handoffs, merges, forwards) that
 //!   move state between instances owning different partitions.
+//! - [`members`]: which instance owns which partition and where its API listens (the members
+//!   topic), for forwarding requests.
 //! - [`produce`]: a keyed producer for `generate --kafka`, `demo` and the API.
 //! - [`status`]: live status and Prometheus metrics for the API.
 
 pub mod dead_letters;
 pub mod embedded;
 pub mod ingest;
+pub mod members;
 pub mod produce;
 pub mod routes;
 pub mod status;

@@ -365,6 +365,17 @@ impl IngestStatus {
         };
     }
 
+    /// The partitions this instance reads now (assigned, not released).
+    pub fn owned_partitions(&self) -> Vec<u32> {
+        self.partitions
+            .lock()
+            .expect("status lock")
+            .values()
+            .filter(|p| p.state != PartitionState::Released)
+            .map(|p| p.partition)
+            .collect()
+    }
+
     /// Checkpoint duration quantile (0..1), from every checkpoint of this process.
     pub fn checkpoint_quantile(&self, q: f64) -> Duration {
         let h = self.checkpoint_micros.lock().expect("status lock");
