@@ -231,6 +231,48 @@ fn assert_same_profiles(
     }
 }
 
+/// Erases three renamed and three plain linked customers at `at`, then browses under their
+/// anonymous ids an hour later.
+fn erasures_then_browsing(links: &[(String, String)], at: i64) -> Vec<SynthEvent> {
+    let text = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .expect("a valid time")
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    let chosen = links
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i < 150)
+        .filter(|(i, _)| i % 3 == 0)
+        .take(3)
+        .chain(links.iter().enumerate().filter(|(i, _)| i % 3 == 1).take(3));
+    let mut out = Vec::new();
+    for (i, (customer, anonymous)) in chosen {
+        let canonical = if i % 3 == 0 {
+            format!("{customer}-renamed")
+        } else {
+            customer.clone()
+        };
+        out.push(event(
+            &canonical,
+            at,
+            format!(
+                r#"{{"event_id":"erase-{i}","type":"erase","ts":"{}","customer_id":"{canonical}"}}"#,
+                text(at)
+            ),
+        ));
+        out.push(event(
+            anonymous,
+            at + 3_600_000,
+            format!(
+                r#"{{"event_id":"after-erase-{i}","type":"interaction","ts":"{}","anonymous_id":"{anonymous}","kind":"page_view"}}"#,
+                text(at + 3_600_000)
+            ),
+        ));
+    }
+    out
+}
+
 #[test]
 fn merges_across_instances_equal_one_instance() {
     let dir = test_dir();
@@ -299,6 +341,19 @@ fn merges_across_instances_equal_one_instance() {
     assert!(
         second > 50,
         "later events were forwarded ({second} records)"
+    );
+
+    // Erasures (keyed by the canonical id, as the API sends them) of renamed and plain
+    // customers, then browsing under their old anonymous ids: that starts new anonymous
+    // profiles, as in one store, and never revives the erased customer.
+    let erase_at = last_ts + 10 * 86_400_000;
+    let erasures = erasures_then_browsing(&linked, erase_at);
+    produce(&broker.bootstrap(), &topic, &erasures);
+    events.extend(erasures);
+    let third = settle();
+    assert!(
+        third > 0,
+        "erasures told the anonymous ids' homes ({third})"
     );
 
     // The oracle: a file replay of the same payloads, computed without Kafka or routing.

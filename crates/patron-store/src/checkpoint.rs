@@ -160,6 +160,9 @@ pub enum RouteKind {
     Merge,
     /// Apply this source record (`payload`) to `key`, the canonical id its own id links to.
     Forward,
+    /// A customer was erased: drop the links among its ids and tombstone them (`payload`: the
+    /// erasure time and the ids). Keyed by one of the ids, to reach that id's home.
+    Forget,
 }
 
 /// A record for the source topic that moves identity state between the instances owning
@@ -170,12 +173,15 @@ pub struct RoutedRecord {
     /// The message key: the owner of the key's partition applies the record.
     pub key: String,
     /// Handoff: the canonical id to merge into. Merge: the id whose state `payload` holds.
+    /// Forward: when set, apply to this id itself without following links (sent back after an
+    /// erasure).
     pub other: Option<String>,
     /// The source record whose application produced this one. Receivers keep, per origin
     /// partition, the highest origin offset applied, which drops a resent record.
     pub origin_partition: u32,
     pub origin_offset: u64,
-    /// Merge: the encoded state. Forward: the source record's payload. Handoff: empty.
+    /// Merge: the encoded state. Forward: the source record's payload. Forget: the erasure
+    /// time and the erased ids. Handoff: empty.
     pub payload: Vec<u8>,
 }
 

@@ -226,7 +226,13 @@ impl Applier {
             };
             self.profiles.insert(id.to_owned(), cached);
         }
-        Ok(self.profiles.get_mut(id).expect("inserted above"))
+        let entry = self.profiles.get_mut(id).expect("inserted above");
+        if entry.state.is_none() {
+            // A profile that does not exist (yet, or any more) belongs to the partition of the
+            // record that creates it, whatever an earlier lookup assumed.
+            entry.scope = scope;
+        }
+        Ok(entry)
     }
 
     fn day(&mut self, day: i32) -> Result<&mut DailyTotals> {
@@ -240,12 +246,19 @@ impl Applier {
 
     /// Applies one event from partition `scope`.
     pub fn apply(&mut self, event: &Event, scope: u32) -> Result<ApplyOutcome> {
-        self.apply_to(event, scope, event.profile_id())
+        self.apply_to(event, scope, event.profile_id(), true)
     }
 
     /// Applies one event from partition `scope` to the profile `id` resolves to (the event's
-    /// own id, or the canonical id another instance forwarded it to).
-    fn apply_to(&mut self, event: &Event, scope: u32, id: &str) -> Result<ApplyOutcome> {
+    /// own id, or the canonical id another instance forwarded it to), or to `id` itself when
+    /// not `follow`ing links.
+    fn apply_to(
+        &mut self,
+        event: &Event,
+        scope: u32,
+        id: &str,
+        follow: bool,
+    ) -> Result<ApplyOutcome> {
         self.uncommitted += 1;
         if let EventBody::Erase(erase) = &event.body {
             self.erase(&erase.customer_id, id, event.ts)?;
@@ -257,7 +270,11 @@ impl Applier {
             self.erasure.dirty = true;
             return Ok(ApplyOutcome::Erased);
         }
-        let canonical = self.resolve(id);
+        let canonical = if follow {
+            self.resolve(id)
+        } else {
+            id.to_owned()
+        };
         let ctx = self.ctx;
         let entry = self.load(&canonical, scope)?;
         let state = entry.state.get_or_insert_with(CustomerState::default);
@@ -382,14 +399,9 @@ impl Applier {
                     self.day(day_index(first))?.new_customers -= 1;
                 }
             }
-            if self.aliases.remove(erased).is_some() {
-                self.erasure.aliases_removed.push(erased.clone());
-            }
-            let at = self.tombstones.get(erased).map_or(at, |t| (*t).max(at));
-            self.tombstones.insert(erased.clone(), at);
-            self.erasure.tombstones.push((erased.clone(), at));
+            self.forget(erased, at);
         }
-        self.new_aliases.retain(|(from, _)| !ids.contains(from));
+        self.forget_elsewhere(&ids, at);
         self.offers.contacts.retain(|(c, _), _| !ids.contains(c));
         self.offers.erased.extend(ids.iter().cloned());
         self.erasure.counters.customers += 1;
@@ -398,8 +410,8 @@ impl Applier {
         Ok(())
     }
 
-    /// An erasure forwarded to the canonical id's home: this store drops the id's link and
-    /// keeps a tombstone on it, so its old events are dropped here too.
+    /// Drops `id`'s link and keeps a tombstone on it at `at` (or later), so its old events are
+    /// dropped: for every id an erasure covers, and where an erasure passes through.
     fn forget(&mut self, id: &str, at: Millis) {
         if self.aliases.remove(id).is_some() {
             self.erasure.aliases_removed.push(id.to_owned());

@@ -9,7 +9,10 @@
 //! - a **handoff**, keyed by the other id: "move your state of this id into that canonical id";
 //! - a **merge**, keyed by the canonical id, carrying the state the other id's home took out;
 //! - a **forward**, keyed by the canonical id: a record under a linked id, re-sent unchanged to
-//!   the canonical id's home.
+//!   the canonical id's home;
+//! - a **forget**, keyed by an erased id: the customer was erased, so the home of each of its
+//!   ids drops the links among them and keeps tombstones. A record that followed a link before
+//!   its forget arrived is sent back to its own id (a forward naming that id in `other`).
 //!
 //! Where each piece of state ends up is then a function of the log alone, not of which instance
 //! owned what when: a partition moved to another instance, or rebuilt from the start, comes out
@@ -22,6 +25,7 @@
 
 use patron_core::event::{Event, EventBody};
 use patron_core::state::{ApplyOutcome, CustomerState};
+use patron_core::time::Millis;
 use patron_store::{RouteKind, RoutedRecord};
 
 use super::Applier;
@@ -106,7 +110,55 @@ impl Applier {
         scope: u32,
         canonical: &str,
     ) -> Result<ApplyOutcome> {
-        self.apply_to(event, scope, canonical)
+        self.apply_to(event, scope, canonical, true)
+    }
+
+    /// A record forwarded to `key` that must go back to its own id: `key` was erased before
+    /// the record's time, and the record's own id no longer links to it here. It followed a
+    /// link the erasure has not yet removed at the id's home; like activity after an erasure
+    /// in one store, it starts afresh under its own id.
+    pub fn bounce_target(&self, key: &str, event: &Event) -> Option<String> {
+        let own = event.profile_id();
+        let erased_before = self.tombstones.get(key).is_some_and(|at| *at < event.ts);
+        (erased_before && own != key && self.resolve(own) != self.resolve(key))
+            .then(|| own.to_owned())
+    }
+
+    /// Sends a record back to the home of its own id, to be applied there without following
+    /// links (see [`Self::bounce_target`]).
+    pub fn bounce(&mut self, own: String, payload: &[u8]) {
+        self.route(RouteKind::Forward, own.clone(), Some(own), payload.to_vec());
+    }
+
+    /// Applies a bounced record to its own id `own`, whatever it links to here.
+    pub fn apply_own(&mut self, event: &Event, scope: u32, own: &str) -> Result<ApplyOutcome> {
+        self.apply_to(event, scope, own, false)
+    }
+
+    /// After an erasure at the canonical id's home: the home of every erased id in another
+    /// partition is told to drop the links it holds among these ids, so later records under
+    /// any of them start afresh instead of following a link to the erased customer.
+    pub(super) fn forget_elsewhere(&mut self, ids: &[String], at: Millis) {
+        let here = self.routes.origin.0;
+        let mut told = Vec::new();
+        for id in ids {
+            let Some(home) = self.home(id).filter(|h| *h != here) else {
+                continue;
+            };
+            if !told.contains(&home) {
+                told.push(home);
+                let payload = patron_store::codec::encode(&(at, ids));
+                self.route(RouteKind::Forget, id.clone(), None, payload);
+            }
+        }
+    }
+
+    /// A forget record: drops the links of `ids`, and tombstones them at `at`.
+    pub fn forget_routed(&mut self, at: Millis, ids: &[String]) {
+        self.uncommitted += 1;
+        for id in ids {
+            self.forget(id, at);
+        }
     }
 
     /// Counts an identity record dropped as a copy of one applied before.

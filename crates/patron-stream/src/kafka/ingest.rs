@@ -1056,7 +1056,16 @@ impl Writer {
         let other = route.other.as_deref().unwrap_or_default();
         match route.kind {
             RouteKind::Forward => match event {
-                Some(Ok(event)) => Ok(Ok(self.place(&event, key, partition, payload)?)),
+                Some(Ok(event)) if !other.is_empty() => {
+                    Ok(Ok(Some(self.applier.apply_own(&event, partition, other)?)))
+                }
+                Some(Ok(event)) => match self.applier.bounce_target(key, &event) {
+                    Some(own) => {
+                        self.applier.bounce(own, payload);
+                        Ok(Ok(None))
+                    }
+                    None => Ok(Ok(self.place(&event, key, partition, payload)?)),
+                },
                 Some(Err(rejection)) => Ok(Err(rejection)),
                 None => invalid("a forwarded record without an event"),
             },
@@ -1070,6 +1079,15 @@ impl Writer {
                     return invalid("a merge record whose payload is not a profile state");
                 };
                 self.applier.merge_in(key, other, state, partition)?;
+                Ok(Ok(None))
+            }
+            RouteKind::Forget => {
+                let Ok((at, ids)) =
+                    patron_store::codec::decode::<(i64, Vec<String>)>("route", key, payload)
+                else {
+                    return invalid("a forget record whose payload is not an erasure");
+                };
+                self.applier.forget_routed(at, &ids);
                 Ok(Ok(None))
             }
         }

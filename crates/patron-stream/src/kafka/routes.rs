@@ -28,6 +28,7 @@ fn kind_name(kind: RouteKind) -> &'static str {
         RouteKind::Handoff => "handoff",
         RouteKind::Merge => "merge",
         RouteKind::Forward => "forward",
+        RouteKind::Forget => "forget",
     }
 }
 
@@ -72,6 +73,7 @@ fn build_route(
         "handoff" => RouteKind::Handoff,
         "merge" => RouteKind::Merge,
         "forward" => RouteKind::Forward,
+        "forget" => RouteKind::Forget,
         other => return Err(format!("unknown {} {other:?}", headers::ROUTE)),
     };
     let number = |name: &str, text: Option<String>| -> std::result::Result<u64, String> {
@@ -82,7 +84,8 @@ fn build_route(
     let origin_partition = u32::try_from(number(headers::ORIGIN_PARTITION, partition)?)
         .map_err(|_| format!("{} out of range", headers::ORIGIN_PARTITION))?;
     let origin_offset = number(headers::ORIGIN_OFFSET, offset)?;
-    if kind != RouteKind::Forward && other.as_deref().is_none_or(str::is_empty) {
+    let needs_other = matches!(kind, RouteKind::Handoff | RouteKind::Merge);
+    if needs_other && other.as_deref().is_none_or(str::is_empty) {
         return Err(format!("{} missing", headers::ROUTE_OTHER));
     }
     Ok(RouteHeader {
