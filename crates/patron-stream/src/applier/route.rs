@@ -95,12 +95,11 @@ impl Applier {
 
     /// Forwards `payload` (a source record) to the home of `target`. An erasure also takes
     /// effect here: the link goes, and the id keeps a tombstone.
-    pub fn forward(&mut self, target: String, event: &Event, payload: &[u8]) -> Result<()> {
+    pub fn forward(&mut self, target: String, event: &Event, payload: &[u8]) {
         self.route(RouteKind::Forward, target, None, payload.to_vec());
         if let EventBody::Erase(erase) = &event.body {
             self.forget(&erase.customer_id, event.ts);
         }
-        Ok(())
     }
 
     /// Applies a record at its canonical id's home, `scope` (see [`Self::place`]).

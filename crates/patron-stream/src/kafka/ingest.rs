@@ -90,8 +90,8 @@ pub struct IngestSummary {
     pub checkpoints: u64,
     pub checkpoint_p99: Duration,
     pub dead_letters_pending: u64,
-    /// Identity records produced for other instances (handoffs, merges, forwards), and those
-    /// received and applied.
+    /// Identity records produced for other partitions' owners (handoffs, merges, forwards,
+    /// forgets), and those received and applied.
     pub routed_out: u64,
     pub routed_in: u64,
     /// Identity records dropped as copies of ones applied before (resent after a crash, or
@@ -152,7 +152,7 @@ impl RawBatch {
 
 struct DecodedBatch {
     raw: RawBatch,
-    /// `None` for identity records that carry no event (handoffs, merges).
+    /// `None` for identity records that carry no event (handoffs, merges, forgets).
     decoded: Vec<Option<std::result::Result<Event, Rejection>>>,
 }
 
@@ -332,7 +332,7 @@ impl IngestContext {
         let partition_count = match partition_count(consumer, &self.topic) {
             Ok(n) => n,
             Err(e) => {
-                warn!("{e}; assuming this instance owns every partition");
+                warn!("{e}; identity routing stays as it was");
                 0
             }
         };
@@ -1027,7 +1027,7 @@ impl Writer {
                 self.applier.apply_placed(event, partition, &canonical)?,
             )),
             Placement::Forward(target) => {
-                self.applier.forward(target, event, payload)?;
+                self.applier.forward(target, event, payload);
                 Ok(None)
             }
         }
@@ -1120,6 +1120,9 @@ impl Writer {
     /// Turns identity routing on: always for `serve` on a topic of several partitions (any
     /// partition may move to another instance), and for a replay of only some partitions.
     fn set_routing(&mut self, partition_count: u32) {
+        if partition_count == 0 {
+            return; // Unknown (no metadata): a guess would move state between modes.
+        }
         let routing = match self.mode {
             Mode::Follow => partition_count > 1,
             Mode::UntilEnd => (self.owned.len() as u32) < partition_count,
