@@ -249,10 +249,10 @@ fn from_kafka(args: ReplayArgs, config: PatronConfig, store_path: PathBuf) -> Cm
         s.checkpoint_p99.as_secs_f64() * 1e3
     );
     println!("  store       {}", store_path.display());
-    if s.routed_out > 0 || s.routed_in > 0 {
+    if s.routed_out > 0 || s.routed_in > 0 || s.routed_copies > 0 {
         println!(
-            "  identity    {} records sent to other partitions' owners, {} received",
-            s.routed_out, s.routed_in
+            "  identity    {} records sent to other partitions' owners, {} received, {} copies dropped",
+            s.routed_out, s.routed_in, s.routed_copies
         );
     }
     if s.dead_letters_pending > 0 {

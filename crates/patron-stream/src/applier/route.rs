@@ -208,7 +208,7 @@ impl Applier {
         if target == id {
             return Ok(());
         }
-        if self.snapshot_or_cache_has(id)? {
+        if self.holds_exactly(id)? {
             match self.take_state(id, scope)? {
                 Some(state) => self.deliver_merge(&target, id, state, scope)?,
                 None => self.link_ids(&[id], &target),
@@ -265,7 +265,7 @@ impl Applier {
     }
 
     /// Whether this store holds a profile under exactly `id`.
-    fn snapshot_or_cache_has(&mut self, id: &str) -> Result<bool> {
+    fn holds_exactly(&mut self, id: &str) -> Result<bool> {
         if let Some(p) = self.profiles.get(id) {
             return Ok(p.state.is_some());
         }

@@ -37,7 +37,7 @@ use tracing::{error, info, warn};
 
 use super::dead_letters::DeadLetterForwarder;
 use super::routes::{RouteForwarder, RouteHeader, RouteMarks, parse_route};
-use super::status::{IngestStatus, ReasonLabel};
+use super::status::{IdentityRoutingStatus, IngestStatus, ReasonLabel};
 use super::{KafkaSource, client_config};
 use crate::applier::{Applier, Placement};
 use crate::{Result, StreamError};
@@ -1151,12 +1151,13 @@ impl Writer {
             .committed(self.applier.counters(), &offsets, stats.duration);
         *self.committed_offsets.lock().expect("offsets lock") = offsets;
         self.routes.after_checkpoint();
-        self.status.identity_routing(
-            self.applier.routing(),
-            self.summary.routed_out,
-            self.summary.routed_in,
-            self.routes.pending(),
-        );
+        self.status.identity_routing(IdentityRoutingStatus {
+            routing: self.applier.routing(),
+            sent: self.summary.routed_out,
+            received: self.summary.routed_in,
+            copies_dropped: self.summary.routed_copies,
+            pending: self.routes.pending(),
+        });
         let delivered = self.forwarder.after_checkpoint();
         self.status
             .dead_letters(self.forwarder.pending(), delivered);

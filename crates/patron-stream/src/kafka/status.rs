@@ -87,6 +87,9 @@ pub struct IdentityRoutingStatus {
     /// received from them, since this process started.
     pub sent: u64,
     pub received: u64,
+    /// Received records dropped as copies of ones applied before (resent after a crash, or
+    /// produced again by a rebuild).
+    pub copies_dropped: u64,
     /// Committed in the route outbox, not yet acknowledged by the topic.
     pub pending: u64,
 }
@@ -356,13 +359,8 @@ impl IngestStatus {
         self.metrics.dead_letters_delivered.inc_by(newly_delivered);
     }
 
-    pub(crate) fn identity_routing(&self, routing: bool, sent: u64, received: u64, pending: u64) {
-        *self.identity_routing.lock().expect("status lock") = IdentityRoutingStatus {
-            routing,
-            sent,
-            received,
-            pending,
-        };
+    pub(crate) fn identity_routing(&self, now: IdentityRoutingStatus) {
+        *self.identity_routing.lock().expect("status lock") = now;
     }
 
     /// The partitions this instance reads now (assigned, not released).
