@@ -2,11 +2,14 @@
 # End-to-end Kafka ingest benchmark against the tansu broker, all in one run on one machine:
 #   1. a bare rdkafka consumer (benches/kafka_drain.rs) drains the topic: the baseline;
 #   2. `patron replay --from-kafka --until-end` rebuilds a store from the same topic;
-#   3. `patron serve` joins a consumer group and catches up to lag 0 (polled on /v1/status).
+#   3. `patron serve` joins a consumer group and catches up to lag 0 (polled on /v1/status);
+#   4. a second `serve` with an empty store takes the partitions over: with the changelog on it
+#      restores them from `<topic>-changelog`, with CHANGELOG=false it reads the topic again.
 # Prints records/s for each and the ratios to the baseline (target >= 0.8); replay's and serve's
 # own summaries give the checkpoint p99.
 #
 #   EVENTS_CUSTOMERS=145000 benches/kafka_ingest.sh     # about 2M events
+#   CHANGELOG=false benches/kafka_ingest.sh             # serve without the changelog topic
 #
 # Builds what it needs (release, workspace-wide; SKIP_BUILD=1 uses what is built; PATRON_BIN and
 # DRAIN_BIN name other executables). Needs `tansu` (see .ci/run), curl and python3.
@@ -55,6 +58,7 @@ brokers = "$BROKER"
 topic = "$TOPIC"
 group_id = "bench-serve"
 dlq_topic = "$DLQ"
+changelog = ${CHANGELOG:-true}
 [api]
 listen = "127.0.0.1:0"
 TOML
@@ -65,35 +69,51 @@ TOML
 cat "$WORK/replay.out"
 read -r REPLAY_SECS REPLAY_RSS_KB < "$WORK/replay.time"
 
-STARTED=$(date +%s.%N)
-"$BIN" serve --config "$WORK/patron.toml" --insecure-no-auth > "$WORK/serve.out" 2> "$WORK/serve.err" &
-SERVE_PID=$!
-URL=""
-for _ in $(seq 200); do
-    URL=$(awk '/^HTTP: / {print $2}' "$WORK/serve.out")
-    [ -n "$URL" ] && break
-    sleep 0.05
-done
-[ -n "$URL" ] || { echo "serve printed no HTTP address" >&2; cat "$WORK/serve.err" >&2; exit 1; }
-DEADLINE=$(( $(date +%s) + ${SERVE_TIMEOUT:-900} ))
-while :; do
-    [ "$(date +%s)" -lt "$DEADLINE" ] || { echo "serve did not reach lag 0 in time" >&2; exit 1; }
-    COMMITTED=$(curl -s "$URL/v1/status" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(sum(p["committed_offset"] for p in d["partitions"]))' 2>/dev/null || echo 0)
-    [ "$COMMITTED" -ge "$RECORDS" ] && break
-    sleep 0.1
-done
-SERVE_SECS=$(python3 -c "import time; print(time.time() - $STARTED)")
-CHECKPOINTS=$(curl -s "$URL/metrics" | awk '/^patron_checkpoint_duration_seconds_count/ {print "serve checkpoints (metrics):", $2}')
-kill -TERM $SERVE_PID; wait $SERVE_PID || true
-SERVE_PID=""
-cat "$WORK/serve.err" | tail -2
+# Starts serve with config $1, waits until it has committed every produced record; prints the
+# seconds it took and leaves the status in $WORK/status.json.
+serve_to_lag_0() {
+    local started url committed deadline
+    started=$(date +%s.%N)
+    "$BIN" serve --config "$1" --insecure-no-auth > "$WORK/serve.out" 2> "$WORK/serve.err" &
+    SERVE_PID=$!
+    url=""
+    for _ in $(seq 200); do
+        url=$(awk '/^HTTP: / {print $2}' "$WORK/serve.out")
+        [ -n "$url" ] && break
+        sleep 0.05
+    done
+    [ -n "$url" ] || { echo "serve printed no HTTP address" >&2; cat "$WORK/serve.err" >&2; exit 1; }
+    deadline=$(( $(date +%s) + ${SERVE_TIMEOUT:-900} ))
+    while :; do
+        [ "$(date +%s)" -lt "$deadline" ] || { echo "serve did not reach lag 0 in time" >&2; exit 1; }
+        committed=$(curl -s "$url/v1/status" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(sum(p["committed_offset"] for p in d["partitions"]))' 2>/dev/null || echo 0)
+        [ "$committed" -ge "$RECORDS" ] && break
+        sleep 0.1
+    done
+    python3 -c "import time; print(time.time() - $started)"
+    curl -s "$url/v1/status" > "$WORK/status.json"
+    curl -s "$url/metrics" | awk '/^patron_checkpoint_duration_seconds_count/ {print "serve checkpoints (metrics):", $2}' > "$WORK/checkpoints.txt"
+    kill -TERM $SERVE_PID; wait $SERVE_PID || true
+    SERVE_PID=""
+    tail -2 "$WORK/serve.err" >&2
+}
 
-python3 - "$RECORDS" "$BARE_SECS" "$REPLAY_SECS" "$SERVE_SECS" <<'PY'
+SERVE_SECS=$(serve_to_lag_0 "$WORK/patron.toml")
+CHECKPOINTS=$(cat "$WORK/checkpoints.txt")
+python3 -c 'import json,sys; c=json.load(open(sys.argv[1])).get("changelog",{}); print("changelog records sent:", c.get("records_sent"))' "$WORK/status.json"
+
+# The takeover: an empty store in the same group.
+sed "s|$WORK/serve.redb|$WORK/takeover.redb|" "$WORK/patron.toml" > "$WORK/takeover.toml"
+TAKEOVER_SECS=$(serve_to_lag_0 "$WORK/takeover.toml")
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); c=d.get("changelog",{}); print("takeover: restored partitions", c.get("restored_partitions"), "profiles", c.get("restored_profiles"), "events applied", d.get("applied"))' "$WORK/status.json"
+
+python3 - "$RECORDS" "$BARE_SECS" "$REPLAY_SECS" "$SERVE_SECS" "$TAKEOVER_SECS" <<'PY'
 import sys
-n, bare, replay, serve = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+n, bare, replay, serve, takeover = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
 print(f"records              {n}")
 print(f"bare rdkafka drain   {bare:8.2f} s  {n/bare:10.0f} rec/s")
 print(f"replay --from-kafka  {replay:8.2f} s  {n/replay:10.0f} rec/s  ratio {bare/replay:.2f}")
 print(f"serve to lag 0       {serve:8.2f} s  {n/serve:10.0f} rec/s  ratio {bare/serve:.2f}")
+print(f"takeover to lag 0    {takeover:8.2f} s  (an empty store; {takeover/serve:.2f} x the first serve)")
 PY
 echo "$CHECKPOINTS"

@@ -415,6 +415,35 @@ fn owned(status: &Value) -> BTreeMap<u32, (i64, Option<i64>)> {
         .collect()
 }
 
+/// Two `serve` setups in `dir`/a and `dir`/b: one topic, one consumer group, two stores.
+fn two_instances(dir: &Path, broker: &Broker) -> (ServeSetup, ServeSetup) {
+    let first_dir = dir.join("a");
+    std::fs::create_dir_all(&first_dir).expect("create a dir");
+    let first = ServeSetup::kafka(&first_dir, broker);
+    let second = first.sibling(&dir.join("b"));
+    (first, second)
+}
+
+/// Polls each instance until every one reads some partitions and together they read `total`.
+fn wait_owning(instances: &mut [&mut Serve], total: usize) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let statuses: Vec<Value> = instances
+            .iter()
+            .map(|s| s.status().unwrap_or_default())
+            .collect();
+        let counts: Vec<usize> = statuses.iter().map(|s| owned(s).len()).collect();
+        if counts.iter().all(|n| *n > 0) && counts.iter().sum::<usize>() == total {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the group never split the partitions: {statuses:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Polls both instances until, together, they read every partition, each committed up to its
 /// log end and past what was produced, with nothing routed waiting, and that holds unchanged
 /// across the broker's next statistics.
@@ -436,7 +465,9 @@ fn wait_settled(instances: &mut [&mut Serve], ends: &TopicEnds, partitions: u32)
                 *end == Some(*committed) && ends.0.get(&(*p as i32)).is_none_or(|e| committed >= e)
             })
             && statuses.iter().all(|s| {
-                s["identity_routing"]["pending"] == 0 && s["dead_letters"]["pending"] == 0
+                s["identity_routing"]["pending"] == 0
+                    && s["dead_letters"]["pending"] == 0
+                    && s["changelog"]["pending_checkpoints"] == 0
             });
         let view: Vec<Value> = statuses.iter().map(|s| s["partitions"].clone()).collect();
         match (&stable, settled) {
@@ -461,30 +492,12 @@ fn wait_settled(instances: &mut [&mut Serve], ends: &TopicEnds, partitions: u32)
 fn two_serve_instances_share_the_identities() {
     let dir = test_dir();
     let broker = Broker::memory();
-    let first_dir = dir.path().join("a");
-    std::fs::create_dir_all(&first_dir).expect("create a dir");
-    let first = ServeSetup::kafka(&first_dir, &broker);
-    let second = first.sibling(&dir.path().join("b"));
+    let (first, second) = two_instances(dir.path(), &broker);
     let mut a = first.start();
     let mut b = second.start();
 
     // Both must hold partitions before the stream starts, or one would read everything.
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        let (sa, sb) = (
-            a.status().unwrap_or_default(),
-            b.status().unwrap_or_default(),
-        );
-        let (oa, ob) = (owned(&sa), owned(&sb));
-        if !oa.is_empty() && !ob.is_empty() && oa.len() + ob.len() == 4 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the group never split the partitions: {sa:#} {sb:#}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_owning(&mut [&mut a, &mut b], 4);
 
     let cfg = SynthConfig {
         customers: 400,
@@ -551,5 +564,135 @@ fn two_serve_instances_share_the_identities() {
         (&first.store, held(&held_a)),
         (&second.store, held(&held_b)),
     ]);
+    assert_same_profiles(&together, &expected);
+}
+
+/// Browsing under linked anonymous ids at `at` (new event ids): forwarded to the customers'
+/// homes, or new profiles where the customer was erased.
+fn browsing(links: &[(String, String)], at: i64, tag: &str) -> Vec<SynthEvent> {
+    let text = chrono::DateTime::from_timestamp_millis(at)
+        .expect("a valid time")
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    links
+        .iter()
+        .take(120)
+        .enumerate()
+        .map(|(i, (_, anonymous))| {
+            event(
+                anonymous,
+                at,
+                format!(
+                    r#"{{"event_id":"{tag}-{i}","type":"interaction","ts":"{text}","anonymous_id":"{anonymous}","kind":"page_view"}}"#
+                ),
+            )
+        })
+        .collect()
+}
+
+fn counter(status: &Value, path: &[&str]) -> u64 {
+    path.iter()
+        .fold(status, |v, k| &v[*k])
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// The changelog: an instance killed mid-stream is replaced by one with an empty store, which
+/// restores the partitions from `<topic>-changelog` instead of reading the topic from its
+/// start; when the first comes back, it restores the partitions it gets from the state the
+/// second left there. Together they end up with exactly what a file replay holds.
+#[test]
+fn a_new_owner_restores_partitions_from_the_changelog() {
+    let dir = test_dir();
+    let broker = Broker::memory();
+    let (first, second) = two_instances(dir.path(), &broker);
+
+    // Phase 1, A alone: browsing, identifies and renames, killed once the changelog has some.
+    let mut a = first.start();
+    wait_owning(&mut [&mut a], 4);
+    let cfg = SynthConfig {
+        customers: 300,
+        ..synth()
+    };
+    let mut events: Vec<SynthEvent> = Generator::new(cfg).collect();
+    let linked = links(&events);
+    let last_ts = events.iter().map(|e| e.ts_millis).max().expect("events");
+    events.extend(later_events(&linked, last_ts));
+    let mut positions = produce(&broker.bootstrap(), &first.topic, &events);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while counter(
+        &a.status().unwrap_or_default(),
+        &["changelog", "records_sent"],
+    ) == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never wrote its changelog: {}",
+            a.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.kill();
+
+    // Phase 2, B alone from an empty store: it restores what the changelog confirms and reads
+    // the rest of phase 1 (settled first, as merges in flight between partitions and a later
+    // erasure do not commute); then erasures, and browsing under the erased ids.
+    let mut b = second.start();
+    wait_settled(&mut [&mut b], &TopicEnds::of(&positions), 4);
+    let erase_at = last_ts + 10 * 86_400_000;
+    let erasures = erasures_then_browsing(&linked, erase_at);
+    positions.extend(produce(&broker.bootstrap(), &first.topic, &erasures));
+    events.extend(erasures);
+    wait_settled(&mut [&mut b], &TopicEnds::of(&positions), 4);
+    let sb = b.status().expect("status");
+    let restored = counter(&sb, &["changelog", "restored_partitions"]);
+    assert!(restored >= 1, "B restored from the changelog: {sb:#}");
+    assert!(
+        counter(&sb, &["changelog", "restored_profiles"]) > 0,
+        "{sb:#}"
+    );
+    let oracle_dir = |name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).expect("create an oracle dir");
+        d
+    };
+    let oracle_2 = file_oracle(&oracle_dir("oracle-2"), &events);
+    assert!(
+        counter(&sb, &["applied"]) < oracle_2.counts.applied,
+        "B applied {} events of {}: what it restored, it did not read again",
+        counter(&sb, &["applied"]),
+        oracle_2.counts.applied
+    );
+
+    // Phase 3, A back with its store from before the kill: it restores what it gets from
+    // the state B left, and drops its own older copy of those partitions.
+    let mut a = first.start();
+    wait_owning(&mut [&mut a, &mut b], 4);
+    let later = browsing(&linked, erase_at + 86_400_000, "phase-3");
+    positions.extend(produce(&broker.bootstrap(), &first.topic, &later));
+    events.extend(later);
+    wait_settled(&mut [&mut a, &mut b], &TopicEnds::of(&positions), 4);
+    let (sa, sb) = (a.status().expect("status"), b.status().expect("status"));
+    assert!(
+        counter(&sa, &["changelog", "restored_partitions"]) >= 1,
+        "A restored the partitions it got back: {sa:#}"
+    );
+    let (held_a, held_b) = (owned(&sa), owned(&sb));
+    a.terminate();
+    b.terminate();
+
+    let final_dir = oracle_dir("oracle-3");
+    file_oracle(&final_dir, &events);
+    let expected = profiles(&final_dir.join("oracle.redb"));
+    let mut together = BTreeMap::new();
+    for (store, held) in [(&first.store, &held_a), (&second.store, &held_b)] {
+        for (id, (scope, state)) in scoped_profiles(store) {
+            if held.contains_key(&scope) {
+                assert!(
+                    together.insert(id.clone(), state).is_none(),
+                    "{id} held by both"
+                );
+            }
+        }
+    }
     assert_same_profiles(&together, &expected);
 }

@@ -184,6 +184,8 @@ fn from_kafka(args: ReplayArgs, config: PatronConfig, store_path: PathBuf) -> Cm
         group_id: format!("{}-replay", config.source.group_id),
         dlq_topic: config.source.dlq_topic.clone(),
         incarnation: String::new(),
+        // A replay rebuilds a store from the log; the changelog belongs to `serve`.
+        changelog: false,
     };
     let status = Arc::new(IngestStatus::new(
         &source.position_key(),

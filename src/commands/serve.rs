@@ -121,6 +121,7 @@ pub(crate) fn serve(
         group_id: source.group_id.clone(),
         dlq_topic: source.dlq_topic.clone(),
         incarnation,
+        changelog: source.changelog,
     };
     if embedded.is_some() {
         println!("Kafka bootstrap: {}", kafka.brokers);

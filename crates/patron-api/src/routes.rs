@@ -106,7 +106,7 @@ pub async fn readyz(State(state): State<Arc<ApiState>>) -> Response {
 /// Ingest status: per-partition offsets and lag, counts, as_of; and HTTP latency per route.
 #[utoipa::path(get, path = "/v1/status", tag = "operations",
     responses(
-        (status = 200, description = "the ingest status report, with `identity_routing` (whether identify/alias merges go through the topic, records sent, received, dropped as copies and pending), plus `http` (latency quantiles and counts per route), `erasures`, `profile_cache` and `decision_cache` (hits, misses, entries, bytes) and `offer_decisions` (made, and how many read eligibility from the view's plan)", body = Object),
+        (status = 200, description = "the ingest status report, with `identity_routing` (whether identify/alias merges go through the topic, records sent, received, dropped as copies and pending), `changelog` (the changelog topic: records sent, checkpoints not yet in it, partitions and profiles restored from it), plus `http` (latency quantiles and counts per route), `erasures`, `profile_cache` and `decision_cache` (hits, misses, entries, bytes) and `offer_decisions` (made, and how many read eligibility from the view's plan)", body = Object),
         (status = 401, description = "missing or unknown key", body = ErrorBody),
         (status = 403, description = "the key's role is not reader or above", body = ErrorBody),
     ),

@@ -62,6 +62,9 @@ pub struct SourceConfig {
     pub topic: String,
     pub group_id: String,
     pub dlq_topic: String,
+    /// Keep each partition's state in `<topic>-changelog` (compacted), so an instance taking
+    /// a partition over restores it from there instead of reading the topic from its start.
+    pub changelog: bool,
 }
 
 impl Default for SourceConfig {
@@ -72,6 +75,7 @@ impl Default for SourceConfig {
             topic: "patron.events".into(),
             group_id: "patron".into(),
             dlq_topic: "patron.dead-letters".into(),
+            changelog: true,
         }
     }
 }

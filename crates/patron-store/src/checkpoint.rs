@@ -54,9 +54,9 @@ pub struct SourcePosition {
 }
 
 #[derive(Serialize, Deserialize)]
-struct PositionRecord {
-    next_offset: u64,
-    incarnation: String,
+pub(crate) struct PositionRecord {
+    pub(crate) next_offset: u64,
+    pub(crate) incarnation: String,
 }
 
 /// Cumulative counters since the store was created, committed with the state they describe.
@@ -136,6 +136,11 @@ pub struct Checkpoint {
     pub contacts_removed_for: Vec<String>,
     /// Arm counts to write, by (offer id, segment).
     pub offer_counts: Vec<((String, String), crate::OfferCounts)>,
+    /// The keys this checkpoint changed, as a changelog outbox row with its sequence number.
+    pub changes: Option<(u64, Vec<crate::ChangedKey>)>,
+    /// Changelog outbox rows the changelog topic has acknowledged (or that no longer need
+    /// sending), to remove.
+    pub changes_delivered: Vec<u64>,
 }
 
 /// A rejected record waiting in the outbox for the dead-letter topic.
@@ -211,19 +216,7 @@ pub(crate) fn commit(db: &Database, cp: &Checkpoint) -> Result<()> {
         }
         let mut contacts = txn.open_table(OFFER_CONTACTS)?;
         for customer in &cp.contacts_removed_for {
-            let offers: Vec<String> = contacts
-                .range((customer.as_str(), "")..)?
-                .map_while(|e| {
-                    e.map(|(k, _)| {
-                        let (c, o) = k.value();
-                        (c == customer.as_str()).then(|| o.to_owned())
-                    })
-                    .transpose()
-                })
-                .collect::<Result<_, _>>()?;
-            for offer in offers {
-                contacts.remove((customer.as_str(), offer.as_str()))?;
-            }
+            remove_contacts_of(&mut contacts, customer)?;
         }
         for ((customer, offer), record) in &cp.contacts {
             contacts.insert(
@@ -271,6 +264,13 @@ pub(crate) fn commit(db: &Database, cp: &Checkpoint) -> Result<()> {
         for seq in &cp.routed_delivered {
             routes.remove(*seq)?;
         }
+        let mut changes = txn.open_table(CHANGELOG_OUTBOX)?;
+        if let Some((seq, keys)) = &cp.changes {
+            changes.insert(*seq, codec::encode(keys).as_slice())?;
+        }
+        for seq in &cp.changes_delivered {
+            changes.remove(*seq)?;
+        }
         let mut meta = txn.open_table(META)?;
         meta.insert(META_COUNTERS, codec::encode(&cp.counters).as_slice())?;
         if let Some(erasures) = &cp.erasures {
@@ -281,6 +281,27 @@ pub(crate) fn commit(db: &Database, cp: &Checkpoint) -> Result<()> {
         }
     }
     txn.commit()?;
+    Ok(())
+}
+
+/// Removes every contact record of `customer`.
+pub(crate) fn remove_contacts_of(
+    contacts: &mut redb::Table<'_, (&str, &str), &[u8]>,
+    customer: &str,
+) -> Result<()> {
+    let offers: Vec<String> = contacts
+        .range((customer, "")..)?
+        .map_while(|e| {
+            e.map(|(k, _)| {
+                let (c, o) = k.value();
+                (c == customer).then(|| o.to_owned())
+            })
+            .transpose()
+        })
+        .collect::<Result<_, _>>()?;
+    for offer in offers {
+        contacts.remove((customer, offer.as_str()))?;
+    }
     Ok(())
 }
 

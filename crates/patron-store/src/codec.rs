@@ -30,6 +30,13 @@ pub fn decode_profile(key: &str, bytes: &[u8]) -> Result<(u32, CustomerState)> {
     Ok((r.scope, r.state))
 }
 
+/// The owning partition of a profile record, without decoding the state.
+pub fn profile_scope(key: &str, bytes: &[u8]) -> Result<u32> {
+    let (scope, _) =
+        postcard::take_from_bytes::<u32>(bytes).map_err(|e| corrupt("customers", key, e))?;
+    Ok(scope)
+}
+
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).expect("in-memory encoding cannot fail")
 }

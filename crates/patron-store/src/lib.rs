@@ -15,7 +15,10 @@
 //! - [`reader`]: point lookups with alias resolution, and full scans.
 //! - [`scan`]: scans as Arrow `RecordBatch`es.
 //! - [`offers`]: the offer catalog, contact histories and learning counts.
+//! - [`changelog`]: the changelog outbox (keys each checkpoint changed) and restoring a
+//!   partition from a changelog image.
 
+pub mod changelog;
 pub mod checkpoint;
 pub mod codec;
 pub mod offers;
@@ -29,6 +32,7 @@ use std::sync::{Arc, RwLock};
 
 use redb::ReadableDatabase;
 
+pub use changelog::{ChangeKind, ChangedKey, PartitionImage, RestoreStats};
 pub use checkpoint::{
     Checkpoint, DailyTotals, DeadLetterRecord, ErasureCounters, ProfileWrite, RouteKind,
     RoutedRecord, SourcePosition, StoreCounters,

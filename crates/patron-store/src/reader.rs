@@ -40,8 +40,8 @@ pub struct StoreReader {
     /// The store's generation when the snapshot was opened: it holds at least every commit up
     /// to that generation.
     generation: u64,
-    customers: ReadOnlyTable<&'static str, &'static [u8]>,
-    aliases: ReadOnlyTable<&'static str, &'static str>,
+    pub(crate) customers: ReadOnlyTable<&'static str, &'static [u8]>,
+    pub(crate) aliases: ReadOnlyTable<&'static str, &'static str>,
     meta: ReadOnlyTable<&'static str, &'static [u8]>,
     /// `None` in a store written before offers existed.
     pub(crate) offer_contacts: Option<PairTable>,
@@ -243,7 +243,7 @@ impl StoreReader {
     }
 
     /// Every row of a table with fixed-size keys and postcard values, in key order.
-    fn decode_all<K, T>(
+    pub(crate) fn decode_all<K, T>(
         &self,
         definition: redb::TableDefinition<'_, K, &[u8]>,
         name: &'static str,

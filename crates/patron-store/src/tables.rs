@@ -24,6 +24,10 @@ pub const DEAD_LETTERS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("
 /// topic (handoffs, merged states, forwarded events), committed with the positions that produced
 /// them and removed once the topic has them.
 pub const ROUTE_OUTBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("route_outbox");
+/// Changelog outbox: sequence number -> the keys one checkpoint changed (each with its source
+/// partition), removed once the changelog topic holds their values and a position marker.
+pub const CHANGELOG_OUTBOX: TableDefinition<'_, u64, &[u8]> =
+    TableDefinition::new("changelog_outbox");
 /// Erased ids (canonical and aliases) -> erasure time (epoch ms). Events for such an id with a
 /// `ts` at or before it are dropped, so a replay of old events cannot bring the customer back.
 pub const TOMBSTONES: TableDefinition<'_, &str, i64> = TableDefinition::new("tombstones");
@@ -51,6 +55,8 @@ pub const META_DEAD_LETTER_SEQ: &str = "dead_letter_seq";
 pub const META_DEAD_LETTER_OFFSET: &str = "dead_letter_offset";
 /// The next route outbox sequence number (u64, little-endian).
 pub const META_ROUTE_SEQ: &str = "route_seq";
+/// The next changelog outbox sequence number (u64, little-endian).
+pub const META_CHANGELOG_SEQ: &str = "changelog_seq";
 /// [`crate::ErasureCounters`]: customers erased and events dropped by tombstones.
 pub const META_ERASURES: &str = "erasures";
 
@@ -76,6 +82,7 @@ pub(crate) fn initialise(db: &Database, path: &Path) -> Result<()> {
                 && read.open_table(OFFER_STATS).is_ok()
                 && read.open_table(KPI_SNAPSHOTS).is_ok()
                 && read.open_table(ROUTE_OUTBOX).is_ok()
+                && read.open_table(CHANGELOG_OUTBOX).is_ok()
             {
                 return Ok(());
             }
@@ -110,5 +117,6 @@ fn open_later_tables(write: &redb::WriteTransaction) -> Result<()> {
     write.open_table(OFFER_STATS)?;
     write.open_table(KPI_SNAPSHOTS)?;
     write.open_table(ROUTE_OUTBOX)?;
+    write.open_table(CHANGELOG_OUTBOX)?;
     Ok(())
 }

@@ -13,9 +13,11 @@ use patron_core::offer::decision_segment;
 use patron_core::state::{ApplyContext, ApplyOutcome, CustomerState};
 use patron_core::time::Millis;
 use patron_core::time::day_index;
+use patron_store::tables::META_CHANGELOG_SEQ;
 use patron_store::{
-    Checkpoint, ContactRecord, DailyTotals, DeadLetterRecord, ErasureCounters, OfferCounts,
-    ProfileWrite, RoutedRecord, SourcePosition, Store, StoreCounters, StoreReader,
+    ChangeKind, ChangedKey, Checkpoint, ContactRecord, DailyTotals, DeadLetterRecord,
+    ErasureCounters, OfferCounts, PartitionImage, ProfileWrite, RestoreStats, RoutedRecord,
+    SourcePosition, Store, StoreCounters, StoreReader,
 };
 
 use crate::Result;
@@ -62,6 +64,16 @@ pub struct Applier {
     staged: Staged,
     /// Identity work for other instances (see [`route`]).
     routes: route::Routes,
+    /// Keys changed since the last checkpoint, for the changelog (`None`: not kept).
+    changes: Option<Changes>,
+}
+
+/// What the changelog outbox gets with the next checkpoint.
+#[derive(Default)]
+struct Changes {
+    keys: HashSet<ChangedKey>,
+    next_seq: u64,
+    delivered: Vec<u64>,
 }
 
 /// Contact histories and arm counts touched since the last checkpoint (all of them dirty).
@@ -118,7 +130,77 @@ impl Applier {
             cache_limit: 500_000,
             staged: Staged::default(),
             routes: route::Routes::default(),
+            changes: None,
         })
+    }
+
+    /// Keeps, with every checkpoint, the keys it changed (the changelog outbox).
+    pub fn track_changes(&mut self) -> Result<()> {
+        let next_seq = self
+            .snapshot
+            .meta(META_CHANGELOG_SEQ)?
+            .and_then(|b| b.try_into().ok().map(u64::from_le_bytes))
+            .unwrap_or(0);
+        self.changes = Some(Changes {
+            next_seq,
+            ..Changes::default()
+        });
+        Ok(())
+    }
+
+    /// Removes changelog outbox rows with the next checkpoint.
+    pub fn stage_changes_delivered(&mut self, seqs: impl IntoIterator<Item = u64>) {
+        if let Some(c) = &mut self.changes {
+            c.delivered.extend(seqs);
+        }
+    }
+
+    /// Adds keys to the next changelog outbox row (values to produce again).
+    pub fn note_changed(&mut self, keys: impl IntoIterator<Item = ChangedKey>) {
+        if let Some(c) = &mut self.changes {
+            c.keys.extend(keys);
+        }
+    }
+
+    /// Notes that `key` changed, as state of the partition whose record is being applied.
+    fn changed(&mut self, kind: ChangeKind, key: &str) {
+        let partition = self.origin_partition();
+        if let Some(c) = &mut self.changes {
+            c.keys.insert(ChangedKey {
+                partition,
+                kind,
+                key: key.to_owned(),
+            });
+        }
+    }
+
+    /// Puts the changelog's state of one partition in place of this store's (see
+    /// [`Store::restore_partition`]). Everything applied before is checkpointed first.
+    pub fn restore(&mut self, image: &PartitionImage) -> Result<RestoreStats> {
+        self.checkpoint()?;
+        let next_seq = self.changes.as_ref().map_or(0, |c| c.next_seq);
+        let stats = self.store.restore_partition(image, next_seq)?;
+        if !image.resend.is_empty()
+            && let Some(c) = &mut self.changes
+        {
+            c.next_seq += 1;
+        }
+        self.snapshot = self.store.reader()?;
+        self.profiles.clear();
+        self.aliases = self.snapshot.all_aliases()?.into_iter().collect();
+        self.tombstones = self.snapshot.all_tombstones()?.into_iter().collect();
+        self.positions.retain(|(source, p), _| {
+            *p != image.partition || !source.starts_with(&image.source_prefix)
+        });
+        // The event clock covers the restored profiles' events too.
+        let mut newest = self.counters.as_of;
+        for (id, record) in &image.profiles {
+            if let Ok((_, state)) = patron_store::codec::decode_profile(id, record) {
+                newest = Some(newest.map_or(state.last_seen, |n| n.max(state.last_seen)));
+            }
+        }
+        self.counters.as_of = newest;
+        Ok(stats)
     }
 
     pub fn with_cache_limit(mut self, limit: usize) -> Self {
@@ -331,6 +413,7 @@ impl Applier {
         if !matches!(kind, "offer_shown" | "offer_accepted" | "offer_declined") {
             return Ok(());
         }
+        self.changed(ChangeKind::Contacts, customer);
         let key = (customer.to_owned(), offer.to_owned());
         if !self.offers.contacts.contains_key(&key) {
             let stored = self.snapshot.contact(customer, offer)?.unwrap_or_default();
@@ -403,6 +486,9 @@ impl Applier {
         }
         self.forget_elsewhere(&ids, at);
         self.offers.contacts.retain(|(c, _), _| !ids.contains(c));
+        for erased in &ids {
+            self.changed(ChangeKind::Contacts, erased);
+        }
         self.offers.erased.extend(ids.iter().cloned());
         self.erasure.counters.customers += 1;
         self.erasure.counters.ids += ids.len() as u64;
@@ -416,11 +502,15 @@ impl Applier {
         if self.aliases.remove(id).is_some() {
             self.erasure.aliases_removed.push(id.to_owned());
         }
+        // Noted even when the link is already gone here: it may have gone with another
+        // partition's record, and this partition's changelog must say so too.
+        self.changed(ChangeKind::Alias, id);
         self.new_aliases.retain(|(from, _)| from != id);
         let at = self.tombstones.get(id).map_or(at, |t| (*t).max(at));
         self.tombstones.insert(id.to_owned(), at);
         self.erasure.tombstones.push((id.to_owned(), at));
         self.erasure.dirty = true;
+        self.changed(ChangeKind::Tombstone, id);
     }
 
     /// Keeps `new_customers` per day right when a profile's first purchase appears or moves.
@@ -504,6 +594,7 @@ impl Applier {
             }
             self.aliases.insert(id.to_owned(), canonical.to_owned());
             self.new_aliases.push((id.to_owned(), canonical.to_owned()));
+            self.changed(ChangeKind::Alias, id);
         }
     }
 
@@ -517,6 +608,26 @@ impl Applier {
                 None => ProfileWrite::delete(id),
             });
             p.dirty = false;
+            if let Some(c) = &mut self.changes {
+                c.keys.insert(ChangedKey {
+                    partition: p.scope,
+                    kind: ChangeKind::Profile,
+                    key: id.clone(),
+                });
+            }
+        }
+        if let Some(c) = &mut self.changes {
+            cp.changes_delivered = std::mem::take(&mut c.delivered);
+            if !c.keys.is_empty() {
+                let mut keys: Vec<ChangedKey> = c.keys.drain().collect();
+                keys.sort_unstable();
+                cp.changes = Some((c.next_seq, keys));
+                c.next_seq += 1;
+                cp.meta.push((
+                    META_CHANGELOG_SEQ.to_owned(),
+                    c.next_seq.to_le_bytes().to_vec(),
+                ));
+            }
         }
         cp.aliases = std::mem::take(&mut self.new_aliases);
         cp.daily = self
@@ -531,7 +642,7 @@ impl Applier {
         cp.dead_letters_delivered = staged.delivered;
         cp.routed = staged.routed;
         cp.routed_delivered = staged.routed_delivered;
-        cp.meta = staged.meta;
+        cp.meta.extend(staged.meta);
         cp.contacts = self.offers.contacts.drain().collect();
         cp.offer_counts = self.offers.counts.drain().collect();
         cp.contacts_removed_for = std::mem::take(&mut self.offers.erased);

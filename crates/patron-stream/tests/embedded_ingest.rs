@@ -37,6 +37,7 @@ fn ingest(store: &Store, broker: &EmbeddedBroker) -> ingest::IngestSummary {
         group_id: "test".into(),
         dlq_topic: DLQ.into(),
         incarnation: broker.incarnation().into(),
+        changelog: false,
     };
     let status = Arc::new(IngestStatus::new(&source.position_key(), TOPIC, DLQ));
     let opts = IngestOptions {

@@ -74,6 +74,10 @@ impl Applier {
         self.routes.origin = (partition, offset);
     }
 
+    pub(super) fn origin_partition(&self) -> u32 {
+        self.routes.origin.0
+    }
+
     /// The records routed since the last call, in the order they were made.
     pub fn take_routed(&mut self) -> Vec<RoutedRecord> {
         std::mem::take(&mut self.routes.out)

@@ -82,6 +82,11 @@ pub struct DeadLetterForwarder {
 }
 
 impl DeadLetterForwarder {
+    /// Names this store in dead-letter headers and changelog markers.
+    pub fn store_id(&self) -> &str {
+        &self.store_id
+    }
+
     /// Loads the committed outbox. `reader` must be a snapshot of the store the applier writes.
     pub fn open(brokers: &str, topic: &str, reader: &StoreReader) -> Result<Self> {
         let producer = client_config(brokers)

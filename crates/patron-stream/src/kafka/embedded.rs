@@ -21,7 +21,8 @@ pub struct EmbeddedBroker {
 }
 
 impl EmbeddedBroker {
-    /// Starts a one-broker cluster with the events topic and the dead-letter topic.
+    /// Starts a one-broker cluster with the events topic, its changelog topic and the
+    /// dead-letter topic (the mock cluster does not answer topic creation by admin requests).
     pub fn start(topic: &str, dlq_topic: &str) -> Result<Self, StreamError> {
         let err = |what: &str, e: rdkafka::error::KafkaError| {
             StreamError::Source(format!("embedded broker: {what}: {e}"))
@@ -30,6 +31,10 @@ impl EmbeddedBroker {
         cluster
             .create_topic(topic, EMBEDDED_PARTITIONS, 1)
             .map_err(|e| err(&format!("create topic {topic}"), e))?;
+        let changelog = super::changelog::topic_for(topic);
+        cluster
+            .create_topic(&changelog, EMBEDDED_PARTITIONS, 1)
+            .map_err(|e| err(&format!("create topic {changelog}"), e))?;
         cluster
             .create_topic(dlq_topic, 1, 1)
             .map_err(|e| err(&format!("create topic {dlq_topic}"), e))?;

@@ -35,9 +35,10 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
+use super::changelog::Changelog;
 use super::dead_letters::DeadLetterForwarder;
 use super::routes::{RouteForwarder, RouteHeader, RouteMarks, parse_route};
-use super::status::{IdentityRoutingStatus, IngestStatus, ReasonLabel};
+use super::status::{ChangelogStatus, IdentityRoutingStatus, IngestStatus, ReasonLabel};
 use super::{KafkaSource, client_config};
 use crate::applier::{Applier, Placement};
 use crate::{Result, StreamError};
@@ -575,13 +576,24 @@ pub fn run(
     stop: &AtomicBool,
 ) -> Result<IngestSummary> {
     let started = Instant::now();
-    let applier = Applier::open(store, ApplyContext::from_config(config))?;
+    let mut applier = Applier::open(store, ApplyContext::from_config(config))?;
     status.restored(applier.counters());
     let forwarder = DeadLetterForwarder::open(
         &opts.source.brokers,
         &opts.source.dlq_topic,
         applier.snapshot(),
     )?;
+    let changelog = if opts.source.changelog && opts.mode == Mode::Follow {
+        applier.track_changes()?;
+        Some(Changelog::open(
+            &opts.source.brokers,
+            &opts.source.topic,
+            &opts.source.position_key(),
+            forwarder.store_id(),
+        )?)
+    } else {
+        None
+    };
     let routes =
         RouteForwarder::open(&opts.source.brokers, &opts.source.topic, applier.snapshot())?;
     let (work_tx, work_rx) = crossbeam_channel::bounded::<Work>(4);
@@ -590,6 +602,7 @@ pub fn run(
         applier,
         forwarder,
         routes,
+        changelog,
         mode: opts.mode,
         marks: RouteMarks::new(&opts.source.position_key(), &opts.source.incarnation),
         owned: BTreeSet::new(),
@@ -873,6 +886,8 @@ struct Writer {
     applier: Applier,
     forwarder: DeadLetterForwarder,
     routes: RouteForwarder,
+    /// `serve` with `[source] changelog` on.
+    changelog: Option<Changelog>,
     mode: Mode,
     marks: RouteMarks,
     /// Partitions assigned to this instance now.
@@ -905,12 +920,25 @@ impl Writer {
                     partition_count,
                     reply,
                 }) => {
+                    if let Some(changelog) = &mut self.changelog {
+                        changelog.prepare(partition_count);
+                    }
+                    // Before the partitions count as owned: a round of changelog keys left from
+                    // an earlier ownership must not overwrite what the owner since wrote.
+                    for &p in &partitions {
+                        if let Err(e) = self.restore_if_behind(p) {
+                            warn!(
+                                partition = p,
+                                "cannot restore from the changelog ({e}); reading the source from the store's position"
+                            );
+                        }
+                    }
+                    self.owned.extend(partitions.iter().copied());
+                    self.set_routing(partition_count);
                     let mut out = Vec::with_capacity(partitions.len());
                     for p in partitions {
-                        self.owned.insert(p);
                         out.push((p, self.applier.position(&self.source_key, p)?));
                     }
-                    self.set_routing(partition_count);
                     let _ = reply.send(out);
                 }
                 Ok(Work::Release { partitions, reply }) => {
@@ -924,7 +952,8 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     self.checkpoint()?;
-                    if self.forwarder.has_work() || self.routes.has_work() {
+                    if self.forwarder.has_work() || self.routes.has_work() || self.changelog_owed()
+                    {
                         // Record the deliveries of the last round, so a restart need not
                         // look them up in the topic.
                         self.checkpoint()?;
@@ -935,7 +964,8 @@ impl Writer {
             let due = self.last_checkpoint.elapsed() >= self.interval
                 && (self.applier.uncommitted() > 0
                     || self.forwarder.has_work()
-                    || self.routes.has_work());
+                    || self.routes.has_work()
+                    || self.changelog_owed());
             if self.applier.uncommitted() >= self.max_events || due {
                 self.checkpoint()?;
             }
@@ -1142,6 +1172,72 @@ impl Writer {
         self.applier.set_routing(routing.then_some(partition_count));
     }
 
+    /// Whether the changelog outbox still needs a checkpoint (rows to send, or deliveries to
+    /// record).
+    fn changelog_owed(&self) -> bool {
+        self.changelog.as_ref().is_some_and(Changelog::owed)
+    }
+
+    fn report_changelog(&self) {
+        let Some(changelog) = &self.changelog else {
+            return;
+        };
+        let counts = changelog.counts;
+        self.status.changelog(ChangelogStatus {
+            enabled: changelog.ready(),
+            topic: changelog.topic().to_owned(),
+            records_sent: counts.records_sent,
+            pending_checkpoints: changelog.pending(),
+            restored_partitions: counts.restored_partitions,
+            restored_profiles: counts.restored_profiles,
+        });
+    }
+
+    /// On assignment: when the changelog holds a later state of partition `p` than this store
+    /// (another instance owned it since, or this store never had it), that state replaces the
+    /// store's, and reading resumes from the changelog's position instead of the store's.
+    fn restore_if_behind(&mut self, p: u32) -> Result<()> {
+        let Some(changelog) = &self.changelog else {
+            return Ok(());
+        };
+        let Some(found) = changelog.read(p)? else {
+            return Ok(());
+        };
+        if found.incarnation != self.incarnation {
+            return Ok(()); // Written for an earlier log (a restarted embedded broker).
+        }
+        let ours = self
+            .applier
+            .position(&self.source_key, p)?
+            .filter(|pos| pos.incarnation == self.incarnation)
+            .map(|pos| pos.next_offset);
+        if ours.is_some_and(|n| n >= found.next_offset) {
+            // This store is as far or further; values after the changelog's last marker are
+            // sent again from this store's state.
+            self.applier.note_changed(found.image.resend);
+            return Ok(());
+        }
+        self.checkpoint()?;
+        let stats = self.applier.restore(&found.image)?;
+        self.marks.forget_partition(p);
+        self.offsets.insert(p, found.next_offset);
+        info!(
+            partition = p,
+            offset = found.next_offset,
+            profiles = stats.profiles,
+            dropped = stats.dropped,
+            writer = %found.writer,
+            store_offset = ?ours,
+            "restored the partition from the changelog"
+        );
+        if let Some(changelog) = &mut self.changelog {
+            changelog.counts.restored_partitions += 1;
+            changelog.counts.restored_profiles += stats.profiles;
+        }
+        self.report_changelog();
+        Ok(())
+    }
+
     fn checkpoint(&mut self) -> Result<()> {
         self.summary.routed_out += self.routes.before_checkpoint(&mut self.applier);
         self.forwarder.before_checkpoint(&mut self.applier);
@@ -1161,6 +1257,13 @@ impl Writer {
         let delivered = self.forwarder.after_checkpoint();
         self.status
             .dead_letters(self.forwarder.pending(), delivered);
+        if let Some(changelog) = &mut self.changelog {
+            // Never ahead of an identity record or dead letter not yet in its topic: a restore
+            // from this round would skip the source records that produced it.
+            let settled = self.routes.pending() == 0 && self.forwarder.pending() == 0;
+            changelog.after_checkpoint(&mut self.applier, &self.owned, settled)?;
+        }
+        self.report_changelog();
         let secs = self.last_checkpoint.elapsed().as_secs_f64().max(1e-3);
         let records = self.summary.records - self.records_at_checkpoint;
         self.status

@@ -13,19 +13,16 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use patron_core::time::{Millis, now_millis};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::client_config;
 use super::status::IngestStatus;
+use super::{client_config, ensure_compacted_topic};
 use crate::applier::home_partition;
 use crate::{Result, StreamError};
 
@@ -114,7 +111,7 @@ impl Membership {
 
     /// Creates the members topic when missing and reads it from its start.
     fn join(&self, brokers: &str, consumer: &BaseConsumer) -> Result<()> {
-        ensure_topic(brokers, &self.topic)?;
+        ensure_compacted_topic(brokers, &self.topic, 1)?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, 0, Offset::Beginning)
             .map_err(|e| StreamError::Source(e.to_string()))?;
@@ -222,44 +219,4 @@ impl Membership {
             Some(Err(e)) => warn!("members topic: an unreadable claim from {key}: {e}"),
         }
     }
-}
-
-/// Creates `topic` (one partition, compacted) unless it exists.
-fn ensure_topic(brokers: &str, topic: &str) -> Result<()> {
-    let consumer: BaseConsumer = client_config(brokers)
-        .create()
-        .map_err(|e| StreamError::Source(format!("kafka client: {e}")))?;
-    let exists = consumer
-        .fetch_metadata(Some(topic), BROKER_WAIT)
-        .is_ok_and(|m| {
-            m.topics()
-                .iter()
-                .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-        });
-    if exists {
-        return Ok(());
-    }
-    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
-        .create()
-        .map_err(|e| StreamError::Source(format!("kafka admin client: {e}")))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| StreamError::Source(format!("members: {e}")))?;
-    let compacted =
-        NewTopic::new(topic, 1, TopicReplication::Fixed(1)).set("cleanup.policy", "compact");
-    let plain = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
-    let mut last = String::new();
-    // Some brokers refuse topic configs; a plain topic works too (claims are small).
-    for new in [&compacted, &plain] {
-        let results = runtime
-            .block_on(admin.create_topics([new], &AdminOptions::new()))
-            .map_err(|e| StreamError::Source(format!("create {topic}: {e}")))?;
-        match results.into_iter().next() {
-            Some(Ok(_)) | None => return Ok(()),
-            Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => return Ok(()),
-            Some(Err((_, code))) => last = code.to_string(),
-        }
-    }
-    Err(StreamError::Source(format!("create {topic}: {last}")))
 }

@@ -11,9 +11,12 @@
 //!   move state between instances owning different partitions.
 //! - [`members`]: which instance owns which partition and where its API listens (the members
 //!   topic), for forwarding requests.
+//! - [`changelog`]: each partition's state in a compacted topic, written after checkpoints and
+//!   read back when an instance takes over a partition.
 //! - [`produce`]: a keyed producer for `generate --kafka`, `demo` and the API.
 //! - [`status`]: live status and Prometheus metrics for the API.
 
+pub mod changelog;
 pub mod dead_letters;
 pub mod embedded;
 pub mod ingest;
@@ -22,7 +25,15 @@ pub mod produce;
 pub mod routes;
 pub mod status;
 
+use std::time::Duration;
+
 use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::{Result, StreamError};
 
 /// Where to read from and where rejected records go.
 #[derive(Debug, Clone)]
@@ -34,6 +45,8 @@ pub struct KafkaSource {
     /// One life of the log. An embedded broker gets a fresh id each run, so positions from an
     /// earlier run are recognised; a real cluster keeps its log and uses "".
     pub incarnation: String,
+    /// Keep the changelog topic (`serve` only; see [`changelog`]).
+    pub changelog: bool,
 }
 
 impl KafkaSource {
@@ -54,6 +67,54 @@ pub(crate) fn client_config(brokers: &str) -> ClientConfig {
         .set("client.id", "patron")
         .set("log_level", "4");
     c
+}
+
+/// Creates `topic` with `partitions` partitions, compacted, unless it exists. Returns its
+/// partition count.
+pub(crate) fn ensure_compacted_topic(brokers: &str, topic: &str, partitions: u32) -> Result<u32> {
+    const WAIT: Duration = Duration::from_secs(10);
+    let consumer: BaseConsumer = client_config(brokers)
+        .create()
+        .map_err(|e| StreamError::Source(format!("kafka client: {e}")))?;
+    let existing = |consumer: &BaseConsumer| -> u32 {
+        consumer.fetch_metadata(Some(topic), WAIT).map_or(0, |m| {
+            m.topics()
+                .iter()
+                .filter(|t| t.name() == topic && t.error().is_none())
+                .map(|t| t.partitions().len() as u32)
+                .sum()
+        })
+    };
+    let found = existing(&consumer);
+    if found > 0 {
+        return Ok(found);
+    }
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
+        .create()
+        .map_err(|e| StreamError::Source(format!("kafka admin client: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StreamError::Source(format!("create {topic}: {e}")))?;
+    let count = partitions.max(1) as i32;
+    let compacted =
+        NewTopic::new(topic, count, TopicReplication::Fixed(1)).set("cleanup.policy", "compact");
+    let plain = NewTopic::new(topic, count, TopicReplication::Fixed(1));
+    let mut last = String::new();
+    // Some brokers refuse topic configs; a plain topic works too (it only grows).
+    for new in [&compacted, &plain] {
+        let results = runtime
+            .block_on(admin.create_topics([new], &AdminOptions::new()))
+            .map_err(|e| StreamError::Source(format!("create {topic}: {e}")))?;
+        match results.into_iter().next() {
+            Some(Ok(_)) | None => return Ok(partitions.max(1)),
+            Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => {
+                return Ok(existing(&consumer).max(1));
+            }
+            Some(Err((_, code))) => last = code.to_string(),
+        }
+    }
+    Err(StreamError::Source(format!("create {topic}: {last}")))
 }
 
 /// Kafka header names on dead letters.

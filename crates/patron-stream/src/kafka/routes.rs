@@ -119,6 +119,12 @@ impl RouteMarks {
         format!("{}#route-from-{origin}", self.source_key)
     }
 
+    /// Forgets the marks held in memory for receiving partition `partition` (its positions
+    /// were replaced by a restore).
+    pub fn forget_partition(&mut self, partition: u32) {
+        self.marks.retain(|(_, to), _| *to != partition);
+    }
+
     /// True, and the mark moves past it, when the record is new; false for a copy.
     pub fn admit(
         &mut self,

@@ -94,6 +94,22 @@ pub struct IdentityRoutingStatus {
     pub pending: u64,
 }
 
+/// The changelog topic (see `kafka::changelog`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChangelogStatus {
+    /// Off for `replay`, with `[source] changelog = false`, or when the topic cannot be used.
+    pub enabled: bool,
+    pub topic: String,
+    /// Records the topic acknowledged (values and position markers) since this process started.
+    pub records_sent: u64,
+    /// Checkpoints whose changed keys are committed and not yet all in the topic.
+    pub pending_checkpoints: u64,
+    /// Partitions this process took over from the changelog, and the profiles that came with
+    /// them (instead of reading the source from its start).
+    pub restored_partitions: u64,
+    pub restored_profiles: u64,
+}
+
 /// The `/v1/status` document.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
@@ -110,6 +126,7 @@ pub struct StatusReport {
     pub partitions: Vec<PartitionStatus>,
     pub dead_letters: DeadLetterStatus,
     pub identity_routing: IdentityRoutingStatus,
+    pub changelog: ChangelogStatus,
     pub checkpoints: u64,
 }
 
@@ -217,6 +234,7 @@ pub struct IngestStatus {
     dead_letters_pending: AtomicU64,
     dead_letters_delivered: AtomicU64,
     identity_routing: Mutex<IdentityRoutingStatus>,
+    changelog: Mutex<ChangelogStatus>,
     checkpoint_micros: Mutex<hdrhistogram::Histogram<u64>>,
     pub metrics: IngestMetrics,
 }
@@ -235,6 +253,7 @@ impl IngestStatus {
             dead_letters_pending: AtomicU64::new(0),
             dead_letters_delivered: AtomicU64::new(0),
             identity_routing: Mutex::default(),
+            changelog: Mutex::default(),
             checkpoint_micros: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)
                     .expect("valid histogram bounds"),
@@ -363,6 +382,10 @@ impl IngestStatus {
         *self.identity_routing.lock().expect("status lock") = now;
     }
 
+    pub(crate) fn changelog(&self, now: ChangelogStatus) {
+        *self.changelog.lock().expect("status lock") = now;
+    }
+
     /// The partitions this instance reads now (assigned, not released).
     pub fn owned_partitions(&self) -> Vec<u32> {
         self.partitions
@@ -420,6 +443,7 @@ impl IngestStatus {
                 topic: self.dlq_topic.clone(),
             },
             identity_routing: self.identity_routing.lock().expect("status lock").clone(),
+            changelog: self.changelog.lock().expect("status lock").clone(),
             checkpoints: self.checkpoints.load(Ordering::Relaxed),
         }
     }

@@ -1,0 +1,345 @@
+//! The store's side of the changelog: which keys changed (the changelog outbox), and putting a
+//! partition's state back from a changelog image.
+//!
+//! Each checkpoint that changed state adds one outbox row: the keys it touched, each with the
+//! source partition whose records changed it. The changelog writer (in `patron-stream`) reads
+//! those keys' values from a snapshot taken after the commit, produces them with a position
+//! marker, and removes the row in a later checkpoint once the topic acknowledged all of it.
+//! The row holds keys only, so a row costs one small insert per checkpoint, whatever the
+//! number of profiles it touched.
+
+use std::collections::BTreeMap;
+
+use redb::{ReadableTable, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{PositionRecord, SourcePosition, remove_contacts_of};
+use crate::codec;
+use crate::offers::ContactRecord;
+use crate::reader::StoreReader;
+use crate::tables::*;
+use crate::{Result, Store};
+
+/// What kind of state a changelog key names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ChangeKind {
+    /// A profile (`customers`), by canonical id.
+    Profile,
+    /// An alias link (`aliases`), by merged id.
+    Alias,
+    /// A tombstone (`tombstones`), by erased id.
+    Tombstone,
+    /// Every contact record of one customer (`offer_contacts`), by customer id.
+    Contacts,
+}
+
+/// One changed key and the source partition whose state it is part of.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ChangedKey {
+    pub partition: u32,
+    pub kind: ChangeKind,
+    pub key: String,
+}
+
+/// A partition's state as a changelog holds it, to put in place of the store's own.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionImage {
+    pub partition: u32,
+    /// Profile records (as encoded in `customers`), by canonical id.
+    pub profiles: Vec<(String, Vec<u8>)>,
+    /// Alias links; `None` removes the store's link.
+    pub aliases: Vec<(String, Option<String>)>,
+    pub tombstones: Vec<(String, i64)>,
+    /// Every contact record of a customer; `None` removes the customer's records.
+    pub contacts: Vec<(String, Option<ContactsValue>)>,
+    /// The positions the image is the state at: the source partition's and the identity marks
+    /// received into it. They replace every position of this partition whose source starts with
+    /// `source_prefix`.
+    pub positions: Vec<SourcePosition>,
+    pub source_prefix: String,
+    /// Keys to produce again (the changelog holds values for them that no marker confirmed).
+    pub resend: Vec<ChangedKey>,
+}
+
+/// What a restore replaced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreStats {
+    /// Profiles of the partition the store held before, dropped.
+    pub dropped: u64,
+    pub profiles: u64,
+    pub aliases: u64,
+}
+
+/// The value a changelog record carries for a contact key.
+pub type ContactsValue = Vec<(String, ContactRecord)>;
+
+impl Store {
+    /// Replaces the store's state of `image.partition` with the image, in one transaction:
+    /// the partition's profiles go, the image's come in, links, tombstones and contacts are
+    /// set as the image says, and the partition's positions become the image's. `next_seq`
+    /// numbers the outbox row of `image.resend`.
+    pub fn restore_partition(&self, image: &PartitionImage, next_seq: u64) -> Result<RestoreStats> {
+        let txn = self.db.begin_write()?;
+        let stats = write_image(&txn, image, next_seq)?;
+        txn.commit()?;
+        self.committed();
+        Ok(stats)
+    }
+}
+
+fn write_image(
+    txn: &WriteTransaction,
+    image: &PartitionImage,
+    next_seq: u64,
+) -> Result<RestoreStats> {
+    let mut stats = RestoreStats::default();
+    let mut customers = txn.open_table(CUSTOMERS)?;
+    let mut stale = Vec::new();
+    for entry in customers.iter()? {
+        let (k, v) = entry?;
+        if codec::profile_scope(k.value(), v.value())? == image.partition {
+            stale.push(k.value().to_owned());
+        }
+    }
+    for id in &stale {
+        customers.remove(id.as_str())?;
+    }
+    stats.dropped = stale.len() as u64;
+    for (id, record) in &image.profiles {
+        customers.insert(id.as_str(), record.as_slice())?;
+        stats.profiles += 1;
+    }
+    let mut aliases = txn.open_table(ALIASES)?;
+    for (from, to) in &image.aliases {
+        match to {
+            Some(to) => {
+                aliases.insert(from.as_str(), to.as_str())?;
+                stats.aliases += 1;
+            }
+            None => {
+                aliases.remove(from.as_str())?;
+            }
+        }
+    }
+    let mut tombstones = txn.open_table(TOMBSTONES)?;
+    for (id, at) in &image.tombstones {
+        let at = match tombstones.get(id.as_str())? {
+            Some(old) => old.value().max(*at),
+            None => *at,
+        };
+        tombstones.insert(id.as_str(), at)?;
+    }
+    let mut contacts = txn.open_table(OFFER_CONTACTS)?;
+    for (customer, records) in &image.contacts {
+        remove_contacts_of(&mut contacts, customer)?;
+        for (offer, record) in records.iter().flatten() {
+            contacts.insert(
+                (customer.as_str(), offer.as_str()),
+                codec::encode(record).as_slice(),
+            )?;
+        }
+    }
+    let mut positions = txn.open_table(POSITIONS)?;
+    let mut replaced = Vec::new();
+    for entry in positions.iter()? {
+        let (k, _) = entry?;
+        let (source, partition) = k.value();
+        if partition == image.partition && source.starts_with(image.source_prefix.as_str()) {
+            replaced.push(source.to_owned());
+        }
+    }
+    for source in &replaced {
+        positions.remove((source.as_str(), image.partition))?;
+    }
+    for p in &image.positions {
+        positions.insert(
+            (p.source.as_str(), image.partition),
+            codec::encode(&PositionRecord {
+                next_offset: p.next_offset,
+                incarnation: p.incarnation.clone(),
+            })
+            .as_slice(),
+        )?;
+    }
+    if !image.resend.is_empty() {
+        let mut outbox = txn.open_table(CHANGELOG_OUTBOX)?;
+        outbox.insert(next_seq, codec::encode(&image.resend).as_slice())?;
+        let mut meta = txn.open_table(META)?;
+        meta.insert(META_CHANGELOG_SEQ, (next_seq + 1).to_le_bytes().as_slice())?;
+    }
+    Ok(stats)
+}
+
+impl StoreReader {
+    /// The changelog outbox: per checkpoint, the keys it changed, not yet acknowledged.
+    pub fn pending_changes(&self) -> Result<Vec<(u64, Vec<ChangedKey>)>> {
+        self.decode_all(CHANGELOG_OUTBOX, "changelog_outbox")
+    }
+
+    /// The profile record stored under exactly `id`, as encoded (scope and state).
+    pub fn profile_record(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.customers.get(id)?.map(|v| v.value().to_vec()))
+    }
+
+    /// The id `id` links to directly, if it is an alias.
+    pub fn alias_of(&self, id: &str) -> Result<Option<String>> {
+        Ok(self.aliases.get(id)?.map(|v| v.value().to_owned()))
+    }
+
+    /// Every position whose source starts with `prefix`, for one partition.
+    pub fn partition_positions(&self, prefix: &str, partition: u32) -> Result<Vec<SourcePosition>> {
+        Ok(self
+            .positions()?
+            .into_iter()
+            .filter(|p| p.partition == partition && p.source.starts_with(prefix))
+            .collect())
+    }
+}
+
+/// Groups changed keys by partition, each key once.
+pub fn by_partition<'a>(
+    rows: impl IntoIterator<Item = &'a ChangedKey>,
+) -> BTreeMap<u32, Vec<(ChangeKind, &'a str)>> {
+    let mut out: BTreeMap<u32, Vec<(ChangeKind, &'a str)>> = BTreeMap::new();
+    for k in rows {
+        out.entry(k.partition).or_default().push((k.kind, &k.key));
+    }
+    for keys in out.values_mut() {
+        keys.sort_unstable();
+        keys.dedup();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Checkpoint, ProfileWrite};
+    use patron_core::state::CustomerState;
+
+    fn state(frequency: u32) -> CustomerState {
+        CustomerState {
+            frequency,
+            ..CustomerState::default()
+        }
+    }
+
+    fn position(source: &str, partition: u32, next: u64) -> SourcePosition {
+        SourcePosition {
+            source: source.to_owned(),
+            partition,
+            next_offset: next,
+            incarnation: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_restore_replaces_one_partition_and_leaves_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb")).unwrap();
+        store
+            .commit(&Checkpoint {
+                profiles: vec![
+                    ProfileWrite::upsert("stale-in-1", 1, &state(9)),
+                    ProfileWrite::upsert("kept-in-0", 0, &state(2)),
+                ],
+                aliases: vec![("anon-x".into(), "stale-in-1".into())],
+                positions: vec![
+                    position("kafka:t", 1, 50),
+                    position("kafka:t#route-from-0", 1, 7),
+                    position("kafka:t#route-from-2", 1, 3),
+                    position("kafka:t", 0, 80),
+                ],
+                ..Checkpoint::default()
+            })
+            .unwrap();
+        let image = PartitionImage {
+            partition: 1,
+            profiles: vec![("c-1".into(), codec::encode_profile(1, &state(4)))],
+            aliases: vec![
+                ("anon-x".into(), None),
+                ("anon-y".into(), Some("c-1".into())),
+            ],
+            tombstones: vec![("gone".into(), 1_000)],
+            contacts: vec![(
+                "c-1".into(),
+                Some(vec![("o1".into(), ContactRecord::default())]),
+            )],
+            positions: vec![
+                position("kafka:t", 1, 120),
+                position("kafka:t#route-from-0", 1, 30),
+            ],
+            source_prefix: "kafka:t".into(),
+            resend: vec![ChangedKey {
+                partition: 1,
+                kind: ChangeKind::Profile,
+                key: "c-9".into(),
+            }],
+        };
+        let stats = store.restore_partition(&image, 5).unwrap();
+        assert_eq!(
+            stats,
+            RestoreStats {
+                dropped: 1,
+                profiles: 1,
+                aliases: 1
+            }
+        );
+        let r = store.reader().unwrap();
+        assert!(r.profile_exact("stale-in-1").unwrap().is_none());
+        assert_eq!(r.profile_exact("c-1").unwrap().unwrap().state.frequency, 4);
+        assert_eq!(
+            r.profile_exact("kept-in-0")
+                .unwrap()
+                .unwrap()
+                .state
+                .frequency,
+            2
+        );
+        assert_eq!(r.alias_of("anon-x").unwrap(), None);
+        assert_eq!(r.alias_of("anon-y").unwrap().as_deref(), Some("c-1"));
+        assert_eq!(r.tombstone("gone").unwrap(), Some(1_000));
+        assert_eq!(r.contacts_of("c-1").unwrap().len(), 1);
+        let mut of_1: Vec<(String, u64)> = r
+            .partition_positions("kafka:t", 1)
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.source, p.next_offset))
+            .collect();
+        of_1.sort();
+        assert_eq!(
+            of_1,
+            vec![
+                ("kafka:t".to_owned(), 120),
+                ("kafka:t#route-from-0".to_owned(), 30)
+            ],
+            "the mark from partition 2 is gone with the old state"
+        );
+        assert_eq!(r.position("kafka:t", 0).unwrap().unwrap().next_offset, 80);
+        assert_eq!(
+            r.pending_changes().unwrap(),
+            vec![(5, image.resend.clone())]
+        );
+    }
+
+    #[test]
+    fn changed_keys_group_by_partition_once_each() {
+        let key = |partition, kind, key: &str| ChangedKey {
+            partition,
+            kind,
+            key: key.to_owned(),
+        };
+        let rows = [
+            key(2, ChangeKind::Profile, "b"),
+            key(0, ChangeKind::Alias, "a"),
+            key(2, ChangeKind::Profile, "b"),
+            key(2, ChangeKind::Profile, "a"),
+        ];
+        let grouped = by_partition(&rows);
+        assert_eq!(grouped[&0], vec![(ChangeKind::Alias, "a")]);
+        assert_eq!(
+            grouped[&2],
+            vec![(ChangeKind::Profile, "a"), (ChangeKind::Profile, "b")]
+        );
+    }
+}

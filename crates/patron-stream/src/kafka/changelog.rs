@@ -1,0 +1,463 @@
+//! The changelog topic: each partition's state, compacted, so a new owner restores a partition
+//! instead of reading the source log from its start.
+//!
+//! `<topic>-changelog` has the source topic's partition count. Changelog partition `p` holds
+//! the state of source partition `p`, one record per key (the latest value wins, as compaction
+//! keeps it):
+//! - `p/<id>`: a profile record (its scope and state, as in the store); null when it went
+//!   (merged away, erased);
+//! - `a/<id>`: the id an alias links to; null when the link went;
+//! - `t/<id>`: a tombstone's erasure time (postcard i64);
+//! - `o/<id>`: every contact record of a customer; null when they went;
+//! - `#position`: a **marker**: the positions (source offset, identity marks) this partition's
+//!   state is at, and the store that wrote it.
+//!
+//! Each checkpoint adds the keys it changed to the changelog outbox (see
+//! `patron_store::changelog`). After the commit, and once the identity records and dead
+//! letters of every checkpoint before it are acknowledged (so a restore never skips past a
+//! record nobody sent), the writer reads those keys' values from a snapshot, produces them
+//! partition by partition, each partition's followed by its marker, and drops the outbox rows
+//! with the next checkpoint once everything is acknowledged. Values come from the snapshot, not
+//! from the moment of the change, so a round makes the partition's changelog equal to the store
+//! as of that snapshot, whatever rounds failed before it.
+//!
+//! A restore reads a changelog partition from its start to its end and keeps what the last
+//! marker confirms; values after the last marker (a writer that died mid-round) are not used,
+//! and their keys are produced again from the restored state.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use patron_store::changelog::{ContactsValue, by_partition};
+use patron_store::{ChangeKind, ChangedKey, PartitionImage, SourcePosition, StoreReader, codec};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use super::dead_letters::{DeliveryLog, warn_limited};
+use super::{client_config, ensure_compacted_topic};
+use crate::applier::Applier;
+use crate::{Result, StreamError};
+
+const MARKER_KEY: &str = "#position";
+/// How long a round waits for acknowledgements; unacknowledged, the round is sent again.
+const FLUSH_WAIT: Duration = Duration::from_secs(30);
+/// A restore that receives nothing for this long gives up (the partition is then read from
+/// the source log, as without a changelog).
+const READ_STALL: Duration = Duration::from_secs(30);
+
+/// The position marker's value.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Marker {
+    /// The store that wrote it (`meta/store_id`).
+    store: String,
+    positions: Vec<SourcePosition>,
+}
+
+/// The changelog topic's name for a source topic.
+pub fn topic_for(source_topic: &str) -> String {
+    format!("{source_topic}-changelog")
+}
+
+fn record_key(kind: ChangeKind, key: &str) -> String {
+    let prefix = match kind {
+        ChangeKind::Profile => "p/",
+        ChangeKind::Alias => "a/",
+        ChangeKind::Tombstone => "t/",
+        ChangeKind::Contacts => "o/",
+    };
+    format!("{prefix}{key}")
+}
+
+fn parse_key(key: &str) -> Option<(ChangeKind, &str)> {
+    let (prefix, id) = key.split_at_checked(2)?;
+    let kind = match prefix {
+        "p/" => ChangeKind::Profile,
+        "a/" => ChangeKind::Alias,
+        "t/" => ChangeKind::Tombstone,
+        "o/" => ChangeKind::Contacts,
+        _ => return None,
+    };
+    Some((kind, id))
+}
+
+/// What a restore found in a changelog partition.
+pub struct Found {
+    pub image: PartitionImage,
+    /// The source offset the image is the state at.
+    pub next_offset: u64,
+    pub incarnation: String,
+    /// The store that wrote the last marker.
+    pub writer: String,
+}
+
+/// Counts for `/v1/status`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChangelogCounts {
+    pub records_sent: u64,
+    pub rounds: u64,
+    pub restored_partitions: u64,
+    pub restored_profiles: u64,
+}
+
+pub struct Changelog {
+    topic: String,
+    brokers: String,
+    source_key: String,
+    store_id: String,
+    producer: BaseProducer<DeliveryLog>,
+    /// The topic exists with enough partitions; until then (or if it cannot) nothing is sent.
+    ready: bool,
+    next_opaque: u64,
+    last_warning: Option<Instant>,
+    /// Outbox rows left after the last round (unsent, or sent and waiting for the checkpoint
+    /// that removes them).
+    left: u64,
+    /// Rows the last round could not send.
+    unsent: u64,
+    pub counts: ChangelogCounts,
+}
+
+impl Changelog {
+    pub fn open(
+        brokers: &str,
+        source_topic: &str,
+        source_key: &str,
+        store_id: &str,
+    ) -> Result<Self> {
+        let producer = client_config(brokers)
+            .set("acks", "all")
+            // Markers must land after the values they confirm.
+            .set("max.in.flight.requests.per.connection", "1")
+            .set("message.timeout.ms", "0")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("linger.ms", "5")
+            .create_with_context(DeliveryLog::default())
+            .map_err(|e| StreamError::Source(format!("changelog producer: {e}")))?;
+        Ok(Self {
+            topic: topic_for(source_topic),
+            brokers: brokers.to_owned(),
+            source_key: source_key.to_owned(),
+            store_id: store_id.to_owned(),
+            producer,
+            ready: false,
+            next_opaque: 0,
+            last_warning: None,
+            left: 0,
+            unsent: 0,
+            counts: ChangelogCounts::default(),
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Whether a checkpoint is needed for the outbox (rows to send, or deliveries to record).
+    pub fn owed(&self) -> bool {
+        self.left > 0
+    }
+
+    /// Checkpoints whose changes the topic does not hold yet.
+    pub fn pending(&self) -> u64 {
+        self.unsent
+    }
+
+    /// Makes sure the topic exists with `partitions` partitions (the source's count). A topic
+    /// with fewer cannot hold every partition's state: the changelog stays off, with a warning.
+    pub fn prepare(&mut self, partitions: u32) {
+        if self.ready || partitions == 0 {
+            return;
+        }
+        match ensure_compacted_topic(&self.brokers, &self.topic, partitions) {
+            Ok(found) if found >= partitions => self.ready = true,
+            Ok(found) => warn!(
+                "changelog topic {} has {found} partitions, the source has {partitions}: no changelog (recreate it with {partitions})",
+                self.topic
+            ),
+            Err(e) => warn!("no changelog: {e}"),
+        }
+    }
+
+    /// After a checkpoint: produces the values of every key in the changelog outbox, as of
+    /// `snapshot`, with a marker per partition, for the partitions this instance owns. Keys of
+    /// partitions it no longer owns are dropped: their new owner restored from an earlier marker
+    /// and reads the source from there. `settled`: the identity records and dead letters of
+    /// every committed checkpoint are acknowledged (otherwise nothing is sent this round).
+    pub fn after_checkpoint(
+        &mut self,
+        applier: &mut Applier,
+        owned: &BTreeSet<u32>,
+        settled: bool,
+    ) -> Result<()> {
+        let snapshot = applier.snapshot();
+        let rows = snapshot.pending_changes()?;
+        self.left = rows.len() as u64;
+        self.unsent = rows.len() as u64;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let seqs: Vec<u64> = rows.iter().map(|(seq, _)| *seq).collect();
+        if !self.ready {
+            self.unsent = 0;
+            applier.stage_changes_delivered(seqs);
+            return Ok(());
+        }
+        if !settled {
+            return Ok(());
+        }
+        let grouped = by_partition(rows.iter().flat_map(|(_, keys)| keys));
+        let mut sent = 0u64;
+        for (partition, keys) in grouped.iter().filter(|(p, _)| owned.contains(p)) {
+            for (kind, key) in keys {
+                let value = value_of(snapshot, *partition, *kind, key)?;
+                self.send(*partition, &record_key(*kind, key), value.as_deref())?;
+                sent += 1;
+            }
+            let marker = Marker {
+                store: self.store_id.clone(),
+                positions: snapshot.partition_positions(&self.source_key, *partition)?,
+            };
+            self.send(*partition, MARKER_KEY, Some(&codec::encode(&marker)))?;
+            sent += 1;
+        }
+        let _ = self.producer.flush(FLUSH_WAIT);
+        let outcomes = self.producer.context().take();
+        let failed = outcomes.iter().filter(|(_, o)| o.is_err()).count() as u64;
+        let acknowledged = outcomes.len() as u64 - failed;
+        self.counts.records_sent += acknowledged;
+        if failed == 0 && acknowledged == sent {
+            self.counts.rounds += 1;
+            self.unsent = 0;
+            applier.stage_changes_delivered(seqs);
+        } else {
+            let message = format!(
+                "changelog {}: {acknowledged} of {sent} records acknowledged; the round is sent again after the next checkpoint",
+                self.topic
+            );
+            warn_limited(&mut self.last_warning, message);
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, partition: u32, key: &str, value: Option<&[u8]>) -> Result<()> {
+        let opaque = self.next_opaque;
+        self.next_opaque += 1;
+        let mut record = BaseRecord::with_opaque_to(&self.topic, Box::new(opaque))
+            .partition(partition as i32)
+            .key(key);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    self.producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => {
+                    return Err(StreamError::Source(format!(
+                        "changelog produce to {}: {e}",
+                        self.topic
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Reads changelog partition `partition` to its end: the state its last marker confirms.
+    /// `None` when it holds no marker (nothing was ever written, or the topic is not there).
+    pub fn read(&self, partition: u32) -> Result<Option<Found>> {
+        if !self.ready {
+            return Ok(None);
+        }
+        let consumer: BaseConsumer<EndIsNoError> = client_config(&self.brokers)
+            .set("group.id", "patron-changelog-restore")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .create_with_context(EndIsNoError)
+            .map_err(|e| StreamError::Source(format!("changelog reader: {e}")))?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.topic, partition as i32, Offset::Beginning)
+            .map_err(|e| StreamError::Source(e.to_string()))?;
+        consumer
+            .assign(&tpl)
+            .map_err(|e| StreamError::Source(format!("changelog {}: {e}", self.topic)))?;
+        let mut confirmed: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+        let mut tail: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+        let mut marker: Option<Marker> = None;
+        let mut last_progress = Instant::now();
+        // To the end the fetches report (partition EOF): some brokers, tansu 0.6, answer a
+        // watermark query with less than the log end.
+        let mut next = 0;
+        loop {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    last_progress = Instant::now();
+                    if m.offset() < next {
+                        continue;
+                    }
+                    next = m.offset() + 1;
+                    let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                        continue;
+                    };
+                    if key == MARKER_KEY {
+                        match m
+                            .payload()
+                            .map(|p| codec::decode::<Marker>("changelog", key, p))
+                        {
+                            Some(Ok(found)) => {
+                                confirmed.append(&mut tail);
+                                marker = Some(found);
+                            }
+                            _ => warn!(
+                                "changelog {} partition {partition}: an unreadable marker at offset {}",
+                                self.topic,
+                                m.offset()
+                            ),
+                        }
+                    } else {
+                        tail.insert(key.to_owned(), m.payload().map(<[u8]>::to_vec));
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => warn!("changelog {}: {e}", self.topic),
+                None => {}
+            }
+            if last_progress.elapsed() >= READ_STALL {
+                return Err(StreamError::Source(format!(
+                    "changelog {} partition {partition}: nothing received for {READ_STALL:?} at offset {next}",
+                    self.topic
+                )));
+            }
+        }
+        let Some(marker) = marker else {
+            return Ok(None);
+        };
+        Ok(Some(self.found(partition, marker, confirmed, tail)))
+    }
+
+    fn found(
+        &self,
+        partition: u32,
+        marker: Marker,
+        confirmed: BTreeMap<String, Option<Vec<u8>>>,
+        tail: BTreeMap<String, Option<Vec<u8>>>,
+    ) -> Found {
+        let mut image = PartitionImage {
+            partition,
+            source_prefix: self.source_key.clone(),
+            ..PartitionImage::default()
+        };
+        for (key, value) in &confirmed {
+            let Some((kind, id)) = parse_key(key) else {
+                continue;
+            };
+            let id = id.to_owned();
+            match (kind, value) {
+                (ChangeKind::Profile, Some(record)) => image.profiles.push((id, record.clone())),
+                (ChangeKind::Profile, None) => {}
+                (ChangeKind::Alias, to) => image.aliases.push((
+                    id,
+                    to.as_ref().map(|t| String::from_utf8_lossy(t).into_owned()),
+                )),
+                (ChangeKind::Tombstone, Some(at)) => {
+                    if let Ok(at) = codec::decode::<i64>("changelog", key, at) {
+                        image.tombstones.push((id, at));
+                    }
+                }
+                (ChangeKind::Tombstone, None) => {}
+                (ChangeKind::Contacts, records) => {
+                    let records = records
+                        .as_ref()
+                        .and_then(|r| codec::decode::<ContactsValue>("changelog", key, r).ok());
+                    image.contacts.push((id, records));
+                }
+            }
+        }
+        image.resend = tail
+            .keys()
+            .filter_map(|k| parse_key(k))
+            .map(|(kind, id)| ChangedKey {
+                partition,
+                kind,
+                key: id.to_owned(),
+            })
+            .collect();
+        let own = marker
+            .positions
+            .iter()
+            .find(|p| p.source == self.source_key)
+            .cloned();
+        image.positions = marker.positions;
+        Found {
+            image,
+            next_offset: own.as_ref().map_or(0, |p| p.next_offset),
+            incarnation: own.map(|p| p.incarnation).unwrap_or_default(),
+            writer: marker.store,
+        }
+    }
+}
+
+/// The restore reader's client context: reaching the end of the partition is what it waits
+/// for, not an error to log.
+struct EndIsNoError;
+
+impl ClientContext for EndIsNoError {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
+            warn!("changelog reader: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for EndIsNoError {}
+
+/// The changelog value of a key of `partition`, as of `snapshot` (`None`: the key is gone).
+fn value_of(
+    snapshot: &StoreReader,
+    partition: u32,
+    kind: ChangeKind,
+    key: &str,
+) -> Result<Option<Vec<u8>>> {
+    Ok(match kind {
+        ChangeKind::Profile => snapshot
+            .profile_record(key)?
+            .filter(|r| codec::profile_scope(key, r).is_ok_and(|s| s == partition)),
+        ChangeKind::Alias => snapshot.alias_of(key)?.map(String::into_bytes),
+        ChangeKind::Tombstone => snapshot.tombstone(key)?.map(|at| codec::encode(&at)),
+        ChangeKind::Contacts => {
+            let records = snapshot.contacts_of(key)?;
+            (!records.is_empty()).then(|| codec::encode(&records))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_keys_name_their_kind() {
+        for kind in [
+            ChangeKind::Profile,
+            ChangeKind::Alias,
+            ChangeKind::Tombstone,
+            ChangeKind::Contacts,
+        ] {
+            let key = record_key(kind, "c/1");
+            assert_eq!(parse_key(&key), Some((kind, "c/1")));
+        }
+        assert_eq!(parse_key(MARKER_KEY), None);
+        assert_eq!(parse_key("x"), None);
+    }
+}
