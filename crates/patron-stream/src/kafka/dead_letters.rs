@@ -9,7 +9,6 @@
 //! last offset the store knows was delivered) and drops every entry whose store id and sequence
 //! number are already there. Every dead letter reaches the topic once.
 
-use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -18,18 +17,17 @@ use patron_store::{DeadLetterRecord, StoreReader};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
+use super::outbox::Outbox;
 use super::{client_config, headers};
 use crate::applier::Applier;
 use crate::{Result, StreamError};
 
 /// Names this store in dead-letter headers, so several stores can share one topic.
 const META_STORE_ID: &str = "store_id";
-/// How long one forwarding round waits for acknowledgements before the writer moves on.
-const FLUSH_WAIT: Duration = Duration::from_secs(5);
 const RECONCILE_WAIT: Duration = Duration::from_secs(15);
 
 /// Acknowledgements by outbox sequence number, gathered by the producer's delivery callback.
@@ -67,18 +65,10 @@ pub struct DeadLetterForwarder {
     brokers: String,
     store_id: String,
     producer: BaseProducer<DeliveryLog>,
-    next_seq: u64,
-    /// Committed and not yet acknowledged.
-    outbox: BTreeMap<u64, DeadLetterRecord>,
-    /// Staged in the applier, committed by the next checkpoint.
-    staged: Vec<(u64, DeadLetterRecord)>,
-    in_flight: HashSet<u64>,
-    /// Acknowledged; removed from the store's outbox by the next checkpoint.
-    acknowledged: Vec<u64>,
+    outbox: Outbox<DeadLetterRecord>,
     last_offset: Option<i64>,
     reconciled: bool,
     store_id_written: bool,
-    last_warning: Option<Instant>,
 }
 
 impl DeadLetterForwarder {
@@ -108,47 +98,42 @@ impl DeadLetterForwarder {
             Some(id) => (String::from_utf8_lossy(&id).into_owned(), true),
             None => (new_store_id(), false),
         };
-        let outbox: BTreeMap<u64, DeadLetterRecord> =
-            reader.pending_dead_letters()?.into_iter().collect();
+        let outbox = Outbox::new("dead letter", next_seq, reader.pending_dead_letters()?);
         Ok(Self {
             topic: topic.to_owned(),
             brokers: brokers.to_owned(),
             store_id,
             producer,
-            next_seq,
-            reconciled: outbox.is_empty(),
+            reconciled: outbox.pending() == 0,
             outbox,
-            staged: Vec::new(),
-            in_flight: HashSet::new(),
-            acknowledged: Vec::new(),
             last_offset,
             store_id_written,
-            last_warning: None,
         })
     }
 
     /// Dead letters committed or staged and not yet acknowledged.
     pub fn pending(&self) -> u64 {
-        (self.outbox.len() + self.staged.len()) as u64
+        self.outbox.pending()
     }
 
     /// Whether a checkpoint would change anything for the outbox.
     pub fn has_work(&self) -> bool {
-        !self.outbox.is_empty() || !self.staged.is_empty() || !self.acknowledged.is_empty()
+        self.outbox.has_work()
     }
 
     /// Adds a dead letter; it is written with the next checkpoint.
     pub fn reject(&mut self, applier: &mut Applier, letter: DeadLetterRecord) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        applier.stage_dead_letter(seq, letter.clone());
-        self.staged.push((seq, letter));
+        let seq = self.outbox.stage(letter.clone());
+        applier.stage_dead_letter(seq, letter);
     }
 
     /// Stages the sequence counter and the acknowledged entries with the next checkpoint.
     pub fn before_checkpoint(&mut self, applier: &mut Applier) {
-        applier.stage_meta(META_DEAD_LETTER_SEQ, self.next_seq.to_le_bytes().to_vec());
-        applier.stage_delivered(std::mem::take(&mut self.acknowledged));
+        applier.stage_meta(
+            META_DEAD_LETTER_SEQ,
+            self.outbox.next_seq().to_le_bytes().to_vec(),
+        );
+        applier.stage_delivered(self.outbox.take_acknowledged());
         if let Some(offset) = self.last_offset {
             applier.stage_meta(META_DEAD_LETTER_OFFSET, offset.to_le_bytes().to_vec());
         }
@@ -161,8 +146,7 @@ impl DeadLetterForwarder {
     /// After a checkpoint committed: sends what is now durable. Returns how many the topic
     /// acknowledged in this round.
     pub fn after_checkpoint(&mut self) -> u64 {
-        self.outbox.extend(self.staged.drain(..));
-        if self.outbox.is_empty() && self.in_flight.is_empty() {
+        if !self.outbox.committed() {
             return 0;
         }
         if !self.reconciled {
@@ -173,15 +157,13 @@ impl DeadLetterForwarder {
                         "dead letters wait: cannot read {} to check for earlier deliveries: {e}",
                         self.topic
                     );
-                    warn_limited(&mut self.last_warning, message);
+                    self.outbox.warn(message);
                     return 0;
                 }
             }
         }
-        for (seq, letter) in &self.outbox {
-            if self.in_flight.contains(seq) {
-                continue;
-            }
+        let (producer, topic, store_id) = (&self.producer, self.topic.as_str(), &self.store_id);
+        let delivered = self.outbox.send_round(producer, topic, |seq, letter| {
             let mut hdrs = OwnedHeaders::new_with_capacity(7);
             let partition = letter.partition.to_string();
             let offset = letter.offset.to_string();
@@ -193,50 +175,26 @@ impl DeadLetterForwarder {
                 (headers::SOURCE_PARTITION, partition.as_str()),
                 (headers::SOURCE_OFFSET, offset.as_str()),
                 (headers::SEQ, seq_text.as_str()),
-                (headers::STORE, self.store_id.as_str()),
+                (headers::STORE, store_id.as_str()),
             ] {
                 hdrs = hdrs.insert(Header {
                     key,
                     value: Some(value),
                 });
             }
-            let mut record = BaseRecord::with_opaque_to(&self.topic, Box::new(*seq))
+            let mut record = BaseRecord::with_opaque_to(topic, Box::new(seq))
                 .partition(0)
                 .payload(letter.payload.as_slice())
                 .headers(hdrs);
             if let Some(key) = &letter.key {
                 record = record.key(key.as_slice());
             }
-            match self.producer.send(record) {
-                Ok(()) => {
-                    self.in_flight.insert(*seq);
-                }
-                Err((e, _)) => {
-                    let message = format!("dead-letter produce to {} failed: {e}", self.topic);
-                    warn_limited(&mut self.last_warning, message);
-                    break;
-                }
-            }
+            producer.send(record).map_err(|(e, _)| e)
+        });
+        for (_, offset) in &delivered {
+            self.last_offset = Some(self.last_offset.map_or(*offset, |o| o.max(*offset)));
         }
-        let _ = self.producer.flush(FLUSH_WAIT);
-        let results = self.producer.context().take();
-        let mut delivered = 0;
-        for (seq, outcome) in results {
-            self.in_flight.remove(&seq);
-            match outcome {
-                Ok(offset) => {
-                    self.outbox.remove(&seq);
-                    self.acknowledged.push(seq);
-                    self.last_offset = Some(self.last_offset.map_or(offset, |o| o.max(offset)));
-                    delivered += 1;
-                }
-                Err(e) => {
-                    let message = format!("dead letter {seq} not delivered to {}: {e}", self.topic);
-                    warn_limited(&mut self.last_warning, message);
-                }
-            }
-        }
-        delivered
+        delivered.len() as u64
     }
 
     /// Reads the topic from the last known delivery to its end and drops outbox entries that
@@ -280,9 +238,8 @@ impl DeadLetterForwarder {
                     }
                     if store == Some(self.store_id.as_str())
                         && let Some(seq) = seq
-                        && self.outbox.remove(&seq).is_some()
+                        && self.outbox.found_delivered(seq)
                     {
-                        self.acknowledged.push(seq);
                         found += 1;
                         let offset = m.offset();
                         self.last_offset = Some(self.last_offset.map_or(offset, |o| o.max(offset)));

@@ -6,6 +6,8 @@
 //!   thread (apply, checkpoint state + offsets + dead letters in one transaction).
 //! - [`dead_letters`]: the outbox forwarder that moves committed dead letters to the topic
 //!   exactly once.
+//! - `outbox`: the bookkeeping both outbox forwarders share (staged, committed, in flight,
+//!   acknowledged entries, and one produce-and-flush round).
 //! - [`embedded`]: librdkafka's in-process mock cluster, the default broker.
 //! - [`routes`]: the outbox forwarder for identity records (handoffs, merges, forwards) that
 //!   move state between instances owning different partitions.
@@ -21,6 +23,7 @@ pub mod dead_letters;
 pub mod embedded;
 pub mod ingest;
 pub mod members;
+mod outbox;
 pub mod produce;
 pub mod routes;
 pub mod status;

@@ -6,21 +6,18 @@
 //! after that commit, and removed from the outbox once acknowledged. A crash before the
 //! removal sends it again; the receiver drops the copy by its origin (see [`RouteMarks`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
 
 use patron_store::tables::META_ROUTE_SEQ;
 use patron_store::{RouteKind, RoutedRecord, SourcePosition, StoreReader};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord};
 
-use super::dead_letters::{DeliveryLog, warn_limited};
+use super::dead_letters::DeliveryLog;
+use super::outbox::Outbox;
 use super::{client_config, headers};
 use crate::applier::Applier;
 use crate::{Result, StreamError};
-
-/// How long one round waits for acknowledgements before the writer moves on.
-const FLUSH_WAIT: Duration = Duration::from_secs(5);
 
 /// The header value naming each kind.
 fn kind_name(kind: RouteKind) -> &'static str {
@@ -159,15 +156,7 @@ impl RouteMarks {
 pub struct RouteForwarder {
     topic: String,
     producer: BaseProducer<DeliveryLog>,
-    next_seq: u64,
-    /// Committed and not yet acknowledged, in sequence order.
-    outbox: BTreeMap<u64, RoutedRecord>,
-    /// Staged with the next checkpoint.
-    staged: Vec<(u64, RoutedRecord)>,
-    in_flight: HashSet<u64>,
-    /// Acknowledged; removed from the store's outbox by the next checkpoint.
-    acknowledged: Vec<u64>,
-    last_warning: Option<Instant>,
+    outbox: Outbox<RoutedRecord>,
 }
 
 impl RouteForwarder {
@@ -189,51 +178,44 @@ impl RouteForwarder {
         Ok(Self {
             topic: topic.to_owned(),
             producer,
-            next_seq,
-            outbox: reader.pending_routed()?.into_iter().collect(),
-            staged: Vec::new(),
-            in_flight: HashSet::new(),
-            acknowledged: Vec::new(),
-            last_warning: None,
+            outbox: Outbox::new("identity record", next_seq, reader.pending_routed()?),
         })
     }
 
     /// Records committed or staged and not yet acknowledged.
     pub fn pending(&self) -> u64 {
-        (self.outbox.len() + self.staged.len()) as u64
+        self.outbox.pending()
     }
 
     /// Whether a checkpoint would change anything for the outbox.
     pub fn has_work(&self) -> bool {
-        !self.outbox.is_empty() || !self.staged.is_empty() || !self.acknowledged.is_empty()
+        self.outbox.has_work()
     }
 
     /// Moves what the applier routed into the outbox with the next checkpoint, with the
     /// sequence counter and the acknowledged entries. Returns how many records it moved.
     pub fn before_checkpoint(&mut self, applier: &mut Applier) -> u64 {
-        let routed = applier.take_routed();
-        let start = self.staged.len();
-        for record in routed {
-            self.staged.push((self.next_seq, record));
-            self.next_seq += 1;
+        let start = self.outbox.staged_len();
+        for record in applier.take_routed() {
+            self.outbox.stage(record);
         }
-        applier.stage_routed(self.staged[start..].iter().cloned());
-        applier.stage_meta(META_ROUTE_SEQ, self.next_seq.to_le_bytes().to_vec());
-        applier.stage_routed_delivered(std::mem::take(&mut self.acknowledged));
-        (self.staged.len() - start) as u64
+        applier.stage_routed(self.outbox.staged_from(start).iter().cloned());
+        applier.stage_meta(
+            META_ROUTE_SEQ,
+            self.outbox.next_seq().to_le_bytes().to_vec(),
+        );
+        applier.stage_routed_delivered(self.outbox.take_acknowledged());
+        (self.outbox.staged_len() - start) as u64
     }
 
     /// After a checkpoint committed: produces what is now durable. Returns how many records
     /// the topic acknowledged in this round.
     pub fn after_checkpoint(&mut self) -> u64 {
-        self.outbox.extend(self.staged.drain(..));
-        if self.outbox.is_empty() && self.in_flight.is_empty() {
+        if !self.outbox.committed() {
             return 0;
         }
-        for (seq, record) in &self.outbox {
-            if self.in_flight.contains(seq) {
-                continue;
-            }
+        let (producer, topic) = (&self.producer, self.topic.as_str());
+        let delivered = self.outbox.send_round(producer, topic, |seq, record| {
             let partition = record.origin_partition.to_string();
             let offset = record.origin_offset.to_string();
             let mut hdrs = OwnedHeaders::new_with_capacity(4)
@@ -255,39 +237,13 @@ impl RouteForwarder {
                     value: Some(other.as_str()),
                 });
             }
-            let message = BaseRecord::with_opaque_to(&self.topic, Box::new(*seq))
+            let message = BaseRecord::with_opaque_to(topic, Box::new(seq))
                 .key(record.key.as_str())
                 .payload(record.payload.as_slice())
                 .headers(hdrs);
-            match self.producer.send(message) {
-                Ok(()) => {
-                    self.in_flight.insert(*seq);
-                }
-                Err((e, _)) => {
-                    let message = format!("identity record produce to {} failed: {e}", self.topic);
-                    warn_limited(&mut self.last_warning, message);
-                    break;
-                }
-            }
-        }
-        let _ = self.producer.flush(FLUSH_WAIT);
-        let mut delivered = 0;
-        for (seq, outcome) in self.producer.context().take() {
-            self.in_flight.remove(&seq);
-            match outcome {
-                Ok(_) => {
-                    self.outbox.remove(&seq);
-                    self.acknowledged.push(seq);
-                    delivered += 1;
-                }
-                Err(e) => {
-                    let message =
-                        format!("identity record {seq} not delivered to {}: {e}", self.topic);
-                    warn_limited(&mut self.last_warning, message);
-                }
-            }
-        }
-        delivered
+            producer.send(message).map_err(|(e, _)| e)
+        });
+        delivered.len() as u64
     }
 }
 
