@@ -25,7 +25,7 @@
 //! marker confirms; values after the last marker (a writer that died mid-round) are not used,
 //! and their keys are produced again from the restored state.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use patron_store::changelog::{ContactsValue, by_partition};
@@ -44,7 +44,7 @@ use crate::applier::Applier;
 use crate::{Result, StreamError};
 
 const MARKER_KEY: &str = "#position";
-/// How long a round waits for acknowledgements; unacknowledged, the round is sent again.
+/// How long [`Changelog::finish`] waits for a round's acknowledgements.
 const FLUSH_WAIT: Duration = Duration::from_secs(30);
 /// A restore that receives nothing for this long gives up (the partition is then read from
 /// the source log, as without a changelog).
@@ -95,6 +95,15 @@ pub struct Found {
     pub writer: String,
 }
 
+/// Records produced after one checkpoint, and what came back for them.
+struct Round {
+    /// The outbox rows they carry.
+    seqs: Vec<u64>,
+    sent: u64,
+    acknowledged: u64,
+    failed: u64,
+}
+
 /// Counts for `/v1/status`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ChangelogCounts {
@@ -114,10 +123,11 @@ pub struct Changelog {
     ready: bool,
     next_opaque: u64,
     last_warning: Option<Instant>,
-    /// Outbox rows left after the last round (unsent, or sent and waiting for the checkpoint
-    /// that removes them).
-    left: u64,
-    /// Rows the last round could not send.
+    /// The round in flight.
+    round: Option<Round>,
+    /// Rows acknowledged whose removal waits for the next checkpoint.
+    removing: HashSet<u64>,
+    /// Rows not yet in the topic, as of the last round.
     unsent: u64,
     pub counts: ChangelogCounts,
 }
@@ -131,8 +141,9 @@ impl Changelog {
     ) -> Result<Self> {
         let producer = client_config(brokers)
             .set("acks", "all")
-            // Markers must land after the values they confirm.
-            .set("max.in.flight.requests.per.connection", "1")
+            // Markers must land after the values they confirm: the idempotent producer keeps
+            // order across retries with several requests in flight.
+            .set("enable.idempotence", "true")
             .set("message.timeout.ms", "0")
             .set("queue.buffering.max.messages", "1000000")
             .set("linger.ms", "5")
@@ -147,7 +158,8 @@ impl Changelog {
             ready: false,
             next_opaque: 0,
             last_warning: None,
-            left: 0,
+            round: None,
+            removing: HashSet::new(),
             unsent: 0,
             counts: ChangelogCounts::default(),
         })
@@ -163,7 +175,7 @@ impl Changelog {
 
     /// Whether a checkpoint is needed for the outbox (rows to send, or deliveries to record).
     pub fn owed(&self) -> bool {
-        self.left > 0
+        self.unsent > 0 || self.round.is_some() || !self.removing.is_empty()
     }
 
     /// Checkpoints whose changes the topic does not hold yet.
@@ -192,22 +204,33 @@ impl Changelog {
     /// partitions it no longer owns are dropped: their new owner restored from an earlier marker
     /// and reads the source from there. `settled`: the identity records and dead letters of
     /// every committed checkpoint are acknowledged (otherwise nothing is sent this round).
+    ///
+    /// A round is not waited for: its acknowledgements are collected after later checkpoints
+    /// (and by [`Self::finish`]), and the next round starts once it is complete.
     pub fn after_checkpoint(
         &mut self,
         applier: &mut Applier,
         owned: &BTreeSet<u32>,
         settled: bool,
     ) -> Result<()> {
+        self.collect(applier);
         let snapshot = applier.snapshot();
-        let rows = snapshot.pending_changes()?;
-        self.left = rows.len() as u64;
+        let all = snapshot.pending_changes()?;
+        // Rows whose removal is staged (not yet committed) are done.
+        self.removing
+            .retain(|seq| all.iter().any(|(pending, _)| pending == seq));
+        let rows: Vec<&(u64, Vec<ChangedKey>)> = all
+            .iter()
+            .filter(|(seq, _)| !self.removing.contains(seq))
+            .collect();
         self.unsent = rows.len() as u64;
-        if rows.is_empty() {
+        if rows.is_empty() || self.round.is_some() {
             return Ok(());
         }
         let seqs: Vec<u64> = rows.iter().map(|(seq, _)| *seq).collect();
         if !self.ready {
             self.unsent = 0;
+            self.removing.extend(seqs.iter().copied());
             applier.stage_changes_delivered(seqs);
             return Ok(());
         }
@@ -229,23 +252,56 @@ impl Changelog {
             self.send(*partition, MARKER_KEY, Some(&codec::encode(&marker)))?;
             sent += 1;
         }
-        let _ = self.producer.flush(FLUSH_WAIT);
+        self.round = Some(Round {
+            seqs,
+            sent,
+            acknowledged: 0,
+            failed: 0,
+        });
+        self.collect(applier);
+        Ok(())
+    }
+
+    /// Waits (up to a bound) for the round in flight, as before partitions are released or at
+    /// shutdown, so the changelog holds everything committed.
+    pub fn finish(&mut self, applier: &mut Applier) {
+        if self.round.is_some() {
+            let _ = self.producer.flush(FLUSH_WAIT);
+            self.collect(applier);
+        }
+    }
+
+    /// Takes the acknowledgements that arrived; a complete round's rows leave the outbox with
+    /// the next checkpoint, a round with failures is sent again.
+    fn collect(&mut self, applier: &mut Applier) {
+        self.producer.poll(Duration::ZERO);
         let outcomes = self.producer.context().take();
-        let failed = outcomes.iter().filter(|(_, o)| o.is_err()).count() as u64;
-        let acknowledged = outcomes.len() as u64 - failed;
-        self.counts.records_sent += acknowledged;
-        if failed == 0 && acknowledged == sent {
+        let Some(round) = &mut self.round else {
+            return;
+        };
+        for (_, outcome) in outcomes {
+            match outcome {
+                Ok(_) => round.acknowledged += 1,
+                Err(_) => round.failed += 1,
+            }
+        }
+        if round.acknowledged + round.failed < round.sent {
+            return;
+        }
+        let round = self.round.take().expect("checked above");
+        self.counts.records_sent += round.acknowledged;
+        if round.failed == 0 {
             self.counts.rounds += 1;
             self.unsent = 0;
-            applier.stage_changes_delivered(seqs);
+            self.removing.extend(round.seqs.iter().copied());
+            applier.stage_changes_delivered(round.seqs);
         } else {
             let message = format!(
-                "changelog {}: {acknowledged} of {sent} records acknowledged; the round is sent again after the next checkpoint",
-                self.topic
+                "changelog {}: {} of {} records not acknowledged; the round is sent again after the next checkpoint",
+                self.topic, round.failed, round.sent
             );
             warn_limited(&mut self.last_warning, message);
         }
-        Ok(())
     }
 
     fn send(&mut self, partition: u32, key: &str, value: Option<&[u8]>) -> Result<()> {

@@ -943,6 +943,10 @@ impl Writer {
                 }
                 Ok(Work::Release { partitions, reply }) => {
                     self.checkpoint()?;
+                    // A clean handover: the changelog holds what was committed.
+                    if let Some(changelog) = &mut self.changelog {
+                        changelog.finish(&mut self.applier);
+                    }
                     for p in partitions {
                         self.owned.remove(&p);
                         self.status.released(p);
@@ -952,6 +956,9 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     self.checkpoint()?;
+                    if let Some(changelog) = &mut self.changelog {
+                        changelog.finish(&mut self.applier);
+                    }
                     if self.forwarder.has_work() || self.routes.has_work() || self.changelog_owed()
                     {
                         // Record the deliveries of the last round, so a restart need not
