@@ -45,7 +45,7 @@ use crate::{Result, StreamError};
 
 const MARKER_KEY: &str = "#position";
 /// How long [`Changelog::finish`] waits for a round's acknowledgements.
-const FLUSH_WAIT: Duration = Duration::from_secs(30);
+const FLUSH_WAIT: Duration = Duration::from_secs(10);
 /// A restore that receives nothing for this long gives up (the partition is then read from
 /// the source log, as without a changelog).
 const READ_STALL: Duration = Duration::from_secs(30);
@@ -264,11 +264,13 @@ impl Changelog {
 
     /// Waits (up to a bound) for the round in flight, as before partitions are released or at
     /// shutdown, so the changelog holds everything committed.
-    pub fn finish(&mut self, applier: &mut Applier) {
+    /// False when the round is still unacknowledged after the wait.
+    pub fn finish(&mut self, applier: &mut Applier) -> bool {
         if self.round.is_some() {
             let _ = self.producer.flush(FLUSH_WAIT);
             self.collect(applier);
         }
+        self.round.is_none()
     }
 
     /// Takes the acknowledgements that arrived; a complete round's rows leave the outbox with
@@ -292,7 +294,7 @@ impl Changelog {
         self.counts.records_sent += round.acknowledged;
         if round.failed == 0 {
             self.counts.rounds += 1;
-            self.unsent = 0;
+            self.unsent = self.unsent.saturating_sub(round.seqs.len() as u64);
             self.removing.extend(round.seqs.iter().copied());
             applier.stage_changes_delivered(round.seqs);
         } else {

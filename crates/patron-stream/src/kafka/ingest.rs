@@ -944,9 +944,7 @@ impl Writer {
                 Ok(Work::Release { partitions, reply }) => {
                     self.checkpoint()?;
                     // A clean handover: the changelog holds what was committed.
-                    if let Some(changelog) = &mut self.changelog {
-                        changelog.finish(&mut self.applier);
-                    }
+                    self.flush_changelog()?;
                     for p in partitions {
                         self.owned.remove(&p);
                         self.status.released(p);
@@ -956,9 +954,7 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     self.checkpoint()?;
-                    if let Some(changelog) = &mut self.changelog {
-                        changelog.finish(&mut self.applier);
-                    }
+                    self.flush_changelog()?;
                     if self.forwarder.has_work() || self.routes.has_work() || self.changelog_owed()
                     {
                         // Record the deliveries of the last round, so a restart need not
@@ -1177,6 +1173,22 @@ impl Writer {
             );
         }
         self.applier.set_routing(routing.then_some(partition_count));
+    }
+
+    /// Waits for the changelog round in flight, then sends and waits for what it did not cover
+    /// (a few rounds at most): before partitions are released, and at shutdown.
+    fn flush_changelog(&mut self) -> Result<()> {
+        for _ in 0..3 {
+            let Some(changelog) = &mut self.changelog else {
+                return Ok(());
+            };
+            // Unacknowledged after the wait (a broker away): the rows stay for the next start.
+            if !changelog.finish(&mut self.applier) || changelog.pending() == 0 {
+                break;
+            }
+            self.checkpoint()?;
+        }
+        Ok(())
     }
 
     /// Whether the changelog outbox still needs a checkpoint (rows to send, or deliveries to
