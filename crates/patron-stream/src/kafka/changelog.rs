@@ -102,6 +102,8 @@ struct Round {
     sent: u64,
     acknowledged: u64,
     failed: u64,
+    /// A record could not be enqueued: the round is incomplete whatever comes back.
+    broken: bool,
 }
 
 /// Counts for `/v1/status`.
@@ -239,17 +241,24 @@ impl Changelog {
         }
         let grouped = by_partition(rows.iter().flat_map(|(_, keys)| keys));
         let mut sent = 0u64;
-        for (partition, keys) in grouped.iter().filter(|(p, _)| owned.contains(p)) {
+        let mut broken = false;
+        'round: for (partition, keys) in grouped.iter().filter(|(p, _)| owned.contains(p)) {
             for (kind, key) in keys {
                 let value = value_of(snapshot, *partition, *kind, key)?;
-                self.send(*partition, &record_key(*kind, key), value.as_deref())?;
+                if !self.try_send(*partition, &record_key(*kind, key), value.as_deref()) {
+                    broken = true;
+                    break 'round;
+                }
                 sent += 1;
             }
             let marker = Marker {
                 store: self.store_id.clone(),
                 positions: snapshot.partition_positions(&self.source_key, *partition)?,
             };
-            self.send(*partition, MARKER_KEY, Some(&codec::encode(&marker)))?;
+            if !self.try_send(*partition, MARKER_KEY, Some(&codec::encode(&marker))) {
+                broken = true;
+                break 'round;
+            }
             sent += 1;
         }
         self.round = Some(Round {
@@ -257,6 +266,7 @@ impl Changelog {
             sent,
             acknowledged: 0,
             failed: 0,
+            broken,
         });
         self.collect(applier);
         Ok(())
@@ -292,7 +302,7 @@ impl Changelog {
         }
         let round = self.round.take().expect("checked above");
         self.counts.records_sent += round.acknowledged;
-        if round.failed == 0 {
+        if round.failed == 0 && !round.broken {
             self.counts.rounds += 1;
             self.unsent = self.unsent.saturating_sub(round.seqs.len() as u64);
             self.removing.extend(round.seqs.iter().copied());
@@ -303,6 +313,18 @@ impl Changelog {
                 self.topic, round.failed, round.sent
             );
             warn_limited(&mut self.last_warning, message);
+        }
+    }
+
+    /// Enqueues one record; on an error, warns and returns false (nothing more is sent this
+    /// round; what went out is waited for, then the whole round is sent again).
+    fn try_send(&mut self, partition: u32, key: &str, value: Option<&[u8]>) -> bool {
+        match self.send(partition, key, value) {
+            Ok(()) => true,
+            Err(e) => {
+                warn_limited(&mut self.last_warning, e.to_string());
+                false
+            }
         }
     }
 
@@ -350,9 +372,7 @@ impl Changelog {
         consumer
             .assign(&tpl)
             .map_err(|e| StreamError::Source(format!("changelog {}: {e}", self.topic)))?;
-        let mut confirmed: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
-        let mut tail: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
-        let mut marker: Option<Marker> = None;
+        let mut log = PartitionLog::default();
         let mut last_progress = Instant::now();
         // To the end the fetches report (partition EOF): some brokers, tansu 0.6, answer a
         // watermark query with less than the log end.
@@ -368,23 +388,12 @@ impl Changelog {
                     let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
                         continue;
                     };
-                    if key == MARKER_KEY {
-                        match m
-                            .payload()
-                            .map(|p| codec::decode::<Marker>("changelog", key, p))
-                        {
-                            Some(Ok(found)) => {
-                                confirmed.append(&mut tail);
-                                marker = Some(found);
-                            }
-                            _ => warn!(
-                                "changelog {} partition {partition}: an unreadable marker at offset {}",
-                                self.topic,
-                                m.offset()
-                            ),
-                        }
-                    } else {
-                        tail.insert(key.to_owned(), m.payload().map(<[u8]>::to_vec));
+                    if !log.push(key, m.payload()) {
+                        warn!(
+                            "changelog {} partition {partition}: an unreadable marker at offset {}",
+                            self.topic,
+                            m.offset()
+                        );
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(_))) => break,
@@ -398,22 +407,44 @@ impl Changelog {
                 )));
             }
         }
-        let Some(marker) = marker else {
-            return Ok(None);
-        };
-        Ok(Some(self.found(partition, marker, confirmed, tail)))
+        Ok(log.found(partition, &self.source_key))
+    }
+}
+
+/// A changelog partition read in offset order: what the last marker confirms, and the values
+/// written after it.
+#[derive(Default)]
+struct PartitionLog {
+    confirmed: BTreeMap<String, Option<Vec<u8>>>,
+    tail: BTreeMap<String, Option<Vec<u8>>>,
+    marker: Option<Marker>,
+}
+
+impl PartitionLog {
+    /// Takes the next record. False for a marker that cannot be read (ignored).
+    fn push(&mut self, key: &str, value: Option<&[u8]>) -> bool {
+        if key != MARKER_KEY {
+            self.tail.insert(key.to_owned(), value.map(<[u8]>::to_vec));
+            return true;
+        }
+        match value.map(|v| codec::decode::<Marker>("changelog", key, v)) {
+            Some(Ok(marker)) => {
+                self.confirmed.append(&mut self.tail);
+                self.marker = Some(marker);
+                true
+            }
+            _ => false,
+        }
     }
 
-    fn found(
-        &self,
-        partition: u32,
-        marker: Marker,
-        confirmed: BTreeMap<String, Option<Vec<u8>>>,
-        tail: BTreeMap<String, Option<Vec<u8>>>,
-    ) -> Found {
+    /// The state the last marker confirms, with the keys written after it to send again.
+    /// `None` without a marker.
+    fn found(self, partition: u32, source_key: &str) -> Option<Found> {
+        let marker = self.marker?;
+        let (confirmed, tail) = (self.confirmed, self.tail);
         let mut image = PartitionImage {
             partition,
-            source_prefix: self.source_key.clone(),
+            source_prefix: source_key.to_owned(),
             ..PartitionImage::default()
         };
         for (key, value) in &confirmed {
@@ -454,15 +485,15 @@ impl Changelog {
         let own = marker
             .positions
             .iter()
-            .find(|p| p.source == self.source_key)
+            .find(|p| p.source == source_key)
             .cloned();
         image.positions = marker.positions;
-        Found {
+        Some(Found {
             image,
             next_offset: own.as_ref().map_or(0, |p| p.next_offset),
             incarnation: own.map(|p| p.incarnation).unwrap_or_default(),
             writer: marker.store,
-        }
+        })
     }
 }
 
@@ -503,6 +534,102 @@ fn value_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn marker(next_offset: u64) -> Vec<u8> {
+        codec::encode(&Marker {
+            store: "s1".into(),
+            positions: vec![
+                SourcePosition {
+                    source: "kafka:t".into(),
+                    partition: 2,
+                    next_offset,
+                    incarnation: String::new(),
+                },
+                SourcePosition {
+                    source: "kafka:t#route-from-0".into(),
+                    partition: 2,
+                    next_offset: 7,
+                    incarnation: String::new(),
+                },
+            ],
+        })
+    }
+
+    #[test]
+    fn a_restore_keeps_what_the_last_marker_confirms() {
+        let profile = |frequency| {
+            codec::encode_profile(
+                2,
+                &patron_core::state::CustomerState {
+                    frequency,
+                    ..Default::default()
+                },
+            )
+        };
+        let mut log = PartitionLog::default();
+        assert!(log.push("p/c1", Some(&profile(1))));
+        assert!(log.push("a/anon-1", Some(b"c1")));
+        assert!(log.push("p/c2", Some(&profile(5))));
+        assert!(log.push(MARKER_KEY, Some(&marker(40))));
+        // A later round, confirmed: c1 changes, c2 goes.
+        assert!(log.push("p/c1", Some(&profile(2))));
+        assert!(log.push("p/c2", None));
+        assert!(log.push("t/gone", Some(&codec::encode(&1_000i64))));
+        assert!(log.push(MARKER_KEY, Some(&marker(55))));
+        // A round cut off before its marker (its writer died): not used, sent again.
+        assert!(log.push("p/c1", Some(&profile(3))));
+        assert!(log.push("a/anon-1", None));
+        assert!(!log.push(MARKER_KEY, Some(b"not a marker")));
+        assert!(log.push("p/c3", Some(&profile(1))));
+
+        let found = log.found(2, "kafka:t").expect("a marker was read");
+        assert_eq!(found.next_offset, 55);
+        assert_eq!(found.writer, "s1");
+        let image = &found.image;
+        let frequencies: Vec<(String, u32)> = image
+            .profiles
+            .iter()
+            .map(|(id, r)| {
+                (
+                    id.clone(),
+                    codec::decode_profile(id, r).unwrap().1.frequency,
+                )
+            })
+            .collect();
+        assert_eq!(
+            frequencies,
+            vec![("c1".to_owned(), 2)],
+            "c2 went, c3 unconfirmed"
+        );
+        assert_eq!(
+            image.aliases,
+            vec![("anon-1".to_owned(), Some("c1".to_owned()))]
+        );
+        assert_eq!(image.tombstones, vec![("gone".to_owned(), 1_000)]);
+        assert_eq!(image.positions.len(), 2, "the identity marks come too");
+        let mut resend: Vec<(ChangeKind, String)> = image
+            .resend
+            .iter()
+            .map(|k| (k.kind, k.key.clone()))
+            .collect();
+        resend.sort();
+        assert_eq!(
+            resend,
+            vec![
+                (ChangeKind::Profile, "c1".to_owned()),
+                (ChangeKind::Profile, "c3".to_owned()),
+                (ChangeKind::Alias, "anon-1".to_owned()),
+            ]
+        );
+        assert!(image.resend.iter().all(|k| k.partition == 2));
+    }
+
+    #[test]
+    fn a_partition_without_a_marker_restores_nothing() {
+        let mut log = PartitionLog::default();
+        log.push("p/c1", Some(b"x"));
+        assert!(log.found(0, "kafka:t").is_none());
+    }
 
     #[test]
     fn record_keys_name_their_kind() {
