@@ -181,7 +181,10 @@ fn later_events(links: &[(String, String)], after: i64) -> Vec<SynthEvent> {
 }
 
 /// The profiles of several stores, each owning some partitions, gathered into one map. Every
-/// profile must sit in its id's home partition, in the store that owns it, and in one store.
+/// profile must sit in its id's home partition, and each owned partition's profiles in one
+/// store. A store may still hold a copy of a partition that moved to another instance (it is
+/// dropped when the partition comes back, by a restore from the changelog); such copies are
+/// left out.
 fn gather(stores: &[(&Path, Vec<u32>)]) -> BTreeMap<String, CustomerState> {
     let mut together = BTreeMap::new();
     for (store, owned) in stores {
@@ -191,10 +194,9 @@ fn gather(stores: &[(&Path, Vec<u32>)]) -> BTreeMap<String, CustomerState> {
                 home_partition(&id, 4),
                 "{id} is held away from its home"
             );
-            assert!(
-                owned.contains(&scope),
-                "{id} (partition {scope}) in the wrong store"
-            );
+            if !owned.contains(&scope) {
+                continue;
+            }
             assert!(
                 together.insert(id.clone(), state).is_none(),
                 "{id} held twice"
@@ -683,16 +685,10 @@ fn a_new_owner_restores_partitions_from_the_changelog() {
     let final_dir = oracle_dir("oracle-3");
     file_oracle(&final_dir, &events);
     let expected = profiles(&final_dir.join("oracle.redb"));
-    let mut together = BTreeMap::new();
-    for (store, held) in [(&first.store, &held_a), (&second.store, &held_b)] {
-        for (id, (scope, state)) in scoped_profiles(store) {
-            if held.contains_key(&scope) {
-                assert!(
-                    together.insert(id.clone(), state).is_none(),
-                    "{id} held by both"
-                );
-            }
-        }
-    }
+    let held = |status: &BTreeMap<u32, (i64, Option<i64>)>| status.keys().copied().collect();
+    let together = gather(&[
+        (&first.store, held(&held_a)),
+        (&second.store, held(&held_b)),
+    ]);
     assert_same_profiles(&together, &expected);
 }

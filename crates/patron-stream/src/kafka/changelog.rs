@@ -354,60 +354,80 @@ impl Changelog {
         }
     }
 
-    /// Reads changelog partition `partition` to its end: the state its last marker confirms.
-    /// `None` when it holds no marker (nothing was ever written, or the topic is not there).
-    pub fn read(&self, partition: u32) -> Result<Option<Found>> {
-        if !self.ready {
-            return Ok(None);
+    /// Reads changelog partitions `partitions` to their ends, together: for each, the state its
+    /// last marker confirms, or `None` when it holds no marker (nothing was ever written).
+    pub fn read(&self, partitions: &[u32]) -> Result<BTreeMap<u32, Option<Found>>> {
+        let mut out: BTreeMap<u32, Option<Found>> = BTreeMap::new();
+        if !self.ready || partitions.is_empty() {
+            return Ok(out);
         }
         let consumer: BaseConsumer<EndIsNoError> = client_config(&self.brokers)
             .set("group.id", "patron-changelog-restore")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
+            // An empty partition answers after this wait, not the default half second.
+            .set("fetch.wait.max.ms", "20")
             .create_with_context(EndIsNoError)
             .map_err(|e| StreamError::Source(format!("changelog reader: {e}")))?;
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&self.topic, partition as i32, Offset::Beginning)
-            .map_err(|e| StreamError::Source(e.to_string()))?;
+        for &p in partitions {
+            tpl.add_partition_offset(&self.topic, p as i32, Offset::Beginning)
+                .map_err(|e| StreamError::Source(e.to_string()))?;
+        }
         consumer
             .assign(&tpl)
             .map_err(|e| StreamError::Source(format!("changelog {}: {e}", self.topic)))?;
-        let mut log = PartitionLog::default();
+        let mut logs: BTreeMap<u32, (PartitionLog, i64)> = partitions
+            .iter()
+            .map(|&p| (p, (PartitionLog::default(), 0)))
+            .collect();
         let mut last_progress = Instant::now();
         // To the end the fetches report (partition EOF): some brokers, tansu 0.6, answer a
         // watermark query with less than the log end.
-        let mut next = 0;
-        loop {
+        while !logs.is_empty() {
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     last_progress = Instant::now();
-                    if m.offset() < next {
+                    let Some((log, next)) = u32::try_from(m.partition())
+                        .ok()
+                        .and_then(|p| logs.get_mut(&p))
+                    else {
+                        continue;
+                    };
+                    if m.offset() < *next {
                         continue;
                     }
-                    next = m.offset() + 1;
+                    *next = m.offset() + 1;
                     let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
                         continue;
                     };
                     if !log.push(key, m.payload()) {
                         warn!(
-                            "changelog {} partition {partition}: an unreadable marker at offset {}",
+                            "changelog {} partition {}: an unreadable marker at offset {}",
                             self.topic,
+                            m.partition(),
                             m.offset()
                         );
                     }
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    if let Some((log, _)) = u32::try_from(p).ok().and_then(|p| logs.remove(&p)) {
+                        let p = p as u32;
+                        out.insert(p, log.found(p, &self.source_key));
+                    }
+                }
                 Some(Err(e)) => warn!("changelog {}: {e}", self.topic),
                 None => {}
             }
             if last_progress.elapsed() >= READ_STALL {
                 return Err(StreamError::Source(format!(
-                    "changelog {} partition {partition}: nothing received for {READ_STALL:?} at offset {next}",
-                    self.topic
+                    "changelog {}: nothing received for {READ_STALL:?} from partitions {:?}",
+                    self.topic,
+                    logs.keys().collect::<Vec<_>>()
                 )));
             }
         }
-        Ok(log.found(partition, &self.source_key))
+        Ok(out)
     }
 }
 

@@ -925,13 +925,11 @@ impl Writer {
                     }
                     // Before the partitions count as owned: a round of changelog keys left from
                     // an earlier ownership must not overwrite what the owner since wrote.
-                    for &p in &partitions {
-                        if let Err(e) = self.restore_if_behind(p) {
-                            warn!(
-                                partition = p,
-                                "cannot restore from the changelog ({e}); reading the source from the store's position"
-                            );
-                        }
+                    if let Err(e) = self.restore_if_behind(&partitions) {
+                        warn!(
+                            ?partitions,
+                            "cannot restore from the changelog ({e}); reading the source from the store's positions"
+                        );
                     }
                     self.owned.extend(partitions.iter().copied());
                     self.set_routing(partition_count);
@@ -1212,46 +1210,48 @@ impl Writer {
         });
     }
 
-    /// On assignment: when the changelog holds a later state of partition `p` than this store
+    /// On assignment: when the changelog holds a later state of a partition than this store
     /// (another instance owned it since, or this store never had it), that state replaces the
     /// store's, and reading resumes from the changelog's position instead of the store's.
-    fn restore_if_behind(&mut self, p: u32) -> Result<()> {
+    fn restore_if_behind(&mut self, partitions: &[u32]) -> Result<()> {
         let Some(changelog) = &self.changelog else {
             return Ok(());
         };
-        let Some(found) = changelog.read(p)? else {
-            return Ok(());
-        };
-        if found.incarnation != self.incarnation {
-            return Ok(()); // Written for an earlier log (a restarted embedded broker).
-        }
-        let ours = self
-            .applier
-            .position(&self.source_key, p)?
-            .filter(|pos| pos.incarnation == self.incarnation)
-            .map(|pos| pos.next_offset);
-        if ours.is_some_and(|n| n >= found.next_offset) {
-            // This store is as far or further; values after the changelog's last marker are
-            // sent again from this store's state.
-            self.applier.note_changed(found.image.resend);
-            return Ok(());
-        }
-        self.checkpoint()?;
-        let stats = self.applier.restore(&found.image)?;
-        self.marks.forget_partition(p);
-        self.offsets.insert(p, found.next_offset);
-        info!(
-            partition = p,
-            offset = found.next_offset,
-            profiles = stats.profiles,
-            dropped = stats.dropped,
-            writer = %found.writer,
-            store_offset = ?ours,
-            "restored the partition from the changelog"
-        );
-        if let Some(changelog) = &mut self.changelog {
-            changelog.counts.restored_partitions += 1;
-            changelog.counts.restored_profiles += stats.profiles;
+        for (p, found) in changelog.read(partitions)? {
+            let Some(found) = found else {
+                continue;
+            };
+            if found.incarnation != self.incarnation {
+                continue; // Written for an earlier log (a restarted embedded broker).
+            }
+            let ours = self
+                .applier
+                .position(&self.source_key, p)?
+                .filter(|pos| pos.incarnation == self.incarnation)
+                .map(|pos| pos.next_offset);
+            if ours.is_some_and(|n| n >= found.next_offset) {
+                // This store is as far or further; values after the changelog's last marker
+                // are sent again from this store's state.
+                self.applier.note_changed(found.image.resend);
+                continue;
+            }
+            self.checkpoint()?;
+            let stats = self.applier.restore(&found.image)?;
+            self.marks.forget_partition(p);
+            self.offsets.insert(p, found.next_offset);
+            info!(
+                partition = p,
+                offset = found.next_offset,
+                profiles = stats.profiles,
+                dropped = stats.dropped,
+                writer = %found.writer,
+                store_offset = ?ours,
+                "restored the partition from the changelog"
+            );
+            if let Some(changelog) = &mut self.changelog {
+                changelog.counts.restored_partitions += 1;
+                changelog.counts.restored_profiles += stats.profiles;
+            }
         }
         self.report_changelog();
         Ok(())
