@@ -22,7 +22,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
 use super::outbox::Outbox;
-use super::{client_config, headers};
+use super::{client_config, fresh_id, headers};
 use crate::applier::Applier;
 use crate::{Result, StreamError};
 
@@ -96,7 +96,7 @@ impl DeadLetterForwarder {
             .and_then(|b| b.try_into().ok().map(i64::from_le_bytes));
         let (store_id, store_id_written) = match reader.meta(META_STORE_ID)? {
             Some(id) => (String::from_utf8_lossy(&id).into_owned(), true),
-            None => (new_store_id(), false),
+            None => (fresh_id("store"), false),
         };
         let outbox = Outbox::new("dead letter", next_seq, reader.pending_dead_letters()?);
         Ok(Self {
@@ -264,13 +264,4 @@ pub(super) fn warn_limited(last: &mut Option<Instant>, message: String) {
         warn!("{message}");
         *last = Some(Instant::now());
     }
-}
-
-fn new_store_id() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let mixed =
-        xxhash_rust::xxh3::xxh3_64(format!("{}-{}", now.as_nanos(), std::process::id()).as_bytes());
-    format!("{mixed:016x}")
 }

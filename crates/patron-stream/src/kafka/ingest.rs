@@ -39,7 +39,7 @@ use super::changelog::Changelog;
 use super::dead_letters::DeadLetterForwarder;
 use super::routes::{RouteForwarder, RouteHeader, RouteMarks, parse_route};
 use super::status::{ChangelogStatus, IdentityRoutingStatus, IngestStatus, ReasonLabel};
-use super::{KafkaSource, client_config};
+use super::{KafkaSource, client_config, partition_count};
 use crate::applier::{Applier, Placement};
 use crate::{Result, StreamError};
 
@@ -495,19 +495,6 @@ impl IngestContext {
             }
         }
     }
-}
-
-/// The number of partitions of `topic`, from the broker's metadata.
-fn partition_count<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str) -> Result<u32> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), BROKER_WAIT)
-        .map_err(|e| StreamError::Source(format!("metadata of {topic}: {e}")))?;
-    Ok(metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().len() as u32)
-        .sum())
 }
 
 fn new_reading(next: u64, open_start: bool) -> Reading {
@@ -1217,6 +1204,7 @@ impl Writer {
         let Some(changelog) = &self.changelog else {
             return Ok(());
         };
+        let mut checkpointed = false;
         for (p, found) in changelog.read(partitions)? {
             let Some(found) = found else {
                 continue;
@@ -1235,7 +1223,12 @@ impl Writer {
                 self.applier.note_changed(found.image.resend);
                 continue;
             }
-            self.checkpoint()?;
+            // What was applied before goes out with its identity records and dead letters
+            // first; nothing is applied between one restore and the next.
+            if !checkpointed {
+                self.checkpoint()?;
+                checkpointed = true;
+            }
             let stats = self.applier.restore(&found.image)?;
             self.marks.forget_partition(p);
             self.offsets.insert(p, found.next_offset);

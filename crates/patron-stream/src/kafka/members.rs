@@ -22,14 +22,13 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::status::IngestStatus;
-use super::{client_config, ensure_compacted_topic};
+use super::{client_config, ensure_compacted_topic, fresh_id, partition_count};
 use crate::applier::home_partition;
 use crate::{Result, StreamError};
 
 /// How often an instance re-publishes its claim, and re-reads the topic's partition count.
 const REFRESH: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(200);
-const BROKER_WAIT: Duration = Duration::from_secs(10);
 
 /// One instance's claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,15 +65,7 @@ impl Membership {
         stop: Arc<AtomicBool>,
     ) -> Result<Arc<Self>> {
         let topic = Self::topic_for(source_topic);
-        let started = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let me = format!(
-            "{:016x}",
-            xxhash_rust::xxh3::xxh3_64(
-                format!("{url}-{}-{}", std::process::id(), started.as_nanos()).as_bytes()
-            )
-        );
+        let me = fresh_id(url);
         let membership = Arc::new(Self {
             me,
             url: url.to_owned(),
@@ -166,17 +157,9 @@ impl Membership {
     }
 
     fn refresh_partition_count(&self, consumer: &BaseConsumer) {
-        match consumer.fetch_metadata(Some(&self.source_topic), BROKER_WAIT) {
-            Ok(metadata) => {
-                let n: usize = metadata
-                    .topics()
-                    .iter()
-                    .filter(|t| t.name() == self.source_topic && t.error().is_none())
-                    .map(|t| t.partitions().len())
-                    .sum();
-                self.partitions.store(n as u32, Ordering::Relaxed);
-            }
-            Err(e) => warn!("members: metadata of {}: {e}", self.source_topic),
+        match partition_count(consumer, &self.source_topic) {
+            Ok(n) => self.partitions.store(n, Ordering::Relaxed),
+            Err(e) => warn!("members: {e}"),
         }
     }
 

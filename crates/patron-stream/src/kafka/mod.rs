@@ -33,7 +33,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::{Result, StreamError};
@@ -72,22 +72,41 @@ pub(crate) fn client_config(brokers: &str) -> ClientConfig {
     c
 }
 
+/// The number of partitions of `topic`, from the broker's metadata (0: no such topic).
+pub(crate) fn partition_count<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+) -> Result<u32> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| StreamError::Source(format!("metadata of {topic}: {e}")))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len() as u32)
+        .sum())
+}
+
+/// A new id naming this process (a store's dead letters, an instance in the members topic):
+/// a hash of `salt`, the process id and the time.
+pub(crate) fn fresh_id(salt: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mixed = xxhash_rust::xxh3::xxh3_64(
+        format!("{salt}-{}-{}", std::process::id(), now.as_nanos()).as_bytes(),
+    );
+    format!("{mixed:016x}")
+}
+
 /// Creates `topic` with `partitions` partitions, compacted, unless it exists. Returns its
 /// partition count.
 pub(crate) fn ensure_compacted_topic(brokers: &str, topic: &str, partitions: u32) -> Result<u32> {
-    const WAIT: Duration = Duration::from_secs(10);
     let consumer: BaseConsumer = client_config(brokers)
         .create()
         .map_err(|e| StreamError::Source(format!("kafka client: {e}")))?;
-    let existing = |consumer: &BaseConsumer| -> u32 {
-        consumer.fetch_metadata(Some(topic), WAIT).map_or(0, |m| {
-            m.topics()
-                .iter()
-                .filter(|t| t.name() == topic && t.error().is_none())
-                .map(|t| t.partitions().len() as u32)
-                .sum()
-        })
-    };
+    let existing = |consumer: &BaseConsumer| partition_count(consumer, topic).unwrap_or(0);
     let found = existing(&consumer);
     if found > 0 {
         return Ok(found);
