@@ -16,6 +16,8 @@
 #   CUSTOMERS=100000 SECONDS_PER_PHASE=5 benches/api_latency.sh   # quick
 #   HOT_SHARE=0 benches/api_latency.sh           # every id uniform over all customers (all cold)
 #   OPEN_LOAD=0.1 benches/api_latency.sh         # open loop at 10% of the max rate, not 50%
+#   OPEN_TIMER=tokio benches/api_latency.sh      # open-loop slots on tokio's 1 ms timer (bursts),
+#                                                # not a timerfd per connection (as scheduled)
 #   SKIP_BUILD=1 benches/api_latency.sh           # use the binaries already built
 #   (PATRON_BIN, LOAD_BIN: run these executables instead)
 #
@@ -37,6 +39,7 @@ PORT=${PORT:-18080}
 WAIT_REFIT=${WAIT_REFIT:-1}
 HOT_SHARE=${HOT_SHARE:-0.8}
 OPEN_LOAD=${OPEN_LOAD:-0.5}
+OPEN_TIMER=${OPEN_TIMER:-kernel}
 TARGET=${CARGO_TARGET_DIR:-target}
 BIN=${PATRON_BIN:-$TARGET/release/patron}
 CACHE=out/bench
@@ -173,12 +176,13 @@ RSS_MB=$(( $(ps -o rss= -p $SERVE_PID) / 1024 ))
     fi
     echo "endpoint: $ENDPOINT, GET $TEMPLATE ($ROLE key)$([ "$ENDPOINT" != offers ] || echo ", $(grep -c '^\[\[offers.catalog\]\]' "$WORK/api.toml") offers")"
     echo "[kpi] refresh_interval: ${REFRESH_INTERVAL:-default (10s)}"
-    echo "cores: server ${SERVER_CPUS:-any}, client ${CLIENT_CPUS:-any}"
+    echo "cores: server ${SERVER_CPUS:-any}, client ${CLIENT_CPUS:-any}; open-loop timer: $OPEN_TIMER"
     echo "store: $CUSTOMERS customers, $(du -m "$STORE" | cut -f1) MB; serve RSS before load: $RSS_MB MB"
 } | tee "$WORK/result.txt"
 
 "${CLIENT_PIN[@]}" "$LOAD" --url "$URL" --key "$KEY" --ids "$IDS" --path-template "$TEMPLATE" --label "$ENDPOINT" \
     --connections "$CONNECTIONS" --hot-share "$HOT_SHARE" --open-load "$OPEN_LOAD" \
+    --open-timer "$OPEN_TIMER" \
     --threads "$THREADS" --seconds "$SECONDS_PER_PHASE" --open-seconds "$SECONDS_PER_PHASE" \
     --json "$CACHE/api_latency.jsonl" | tee -a "$WORK/result.txt"
 

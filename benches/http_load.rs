@@ -7,7 +7,11 @@
 //!      for `--seconds`; that gives the endpoint's maximum rate;
 //!   2. open loop: a constant arrival rate of `--open-load` (default 0.5) times that endpoint's
 //!      own maximum, for `--open-seconds`, with latencies taken from the scheduled send time
-//!      whenever a request had to wait for its connection (no coordinated omission).
+//!      whenever a request had to wait for its connection (no coordinated omission). Each
+//!      connection waits for its slots on a timerfd of its own (`--open-timer kernel`), so
+//!      requests leave spread as scheduled; with tokio's millisecond timer (`--open-timer
+//!      tokio`) all requests due within a millisecond leave together, and the last of each
+//!      burst queues behind the others in the server.
 //!
 //! The measured route is `--path-template` (default `/v1/customers/{id}`, the profile; e.g.
 //! `/v1/customers/{id}/offers?channel=web&limit=3` for offers), `{id}` replaced per request by an
@@ -34,7 +38,13 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustix::fd::OwnedFd;
+use rustix::time::{
+    Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, timerfd_create,
+    timerfd_settime,
+};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 #[derive(Debug, Parser)]
@@ -73,6 +83,12 @@ struct Args {
     /// Open-loop rate as a share of the endpoint's own closed-loop maximum.
     #[arg(long, default_value_t = 0.5)]
     open_load: f64,
+    /// How open-loop requests wait for their slots: `kernel` (a timerfd per connection,
+    /// microsecond resolution, so requests leave spread as scheduled) or `tokio` (tokio's
+    /// timer, which fires on millisecond ticks: everything due within a millisecond leaves
+    /// at once, as a burst).
+    #[arg(long, value_enum, default_value_t = OpenTimer::Kernel)]
+    open_timer: OpenTimer,
     /// Share of the ids that are hot.
     #[arg(long, default_value_t = 0.01)]
     hot_fraction: f64,
@@ -87,6 +103,61 @@ struct Args {
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum OpenTimer {
+    Kernel,
+    Tokio,
+}
+
+/// A one-shot timer with the kernel's resolution: a non-blocking timerfd polled by the
+/// connection's event loop. Tokio's own timers round up to the next millisecond tick.
+struct SlotTimer {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl SlotTimer {
+    fn new() -> io::Result<Self> {
+        let fd = timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+        )?;
+        // The safe constructor is deprecated in favour of an `unsafe` one, which the workspace
+        // forbids; it is sound here: the `OwnedFd` moves into the `AsyncFd` and is closed only
+        // when that is dropped.
+        #[allow(deprecated)]
+        let fd = AsyncFd::with_interest(fd, Interest::READABLE)?;
+        Ok(Self { fd })
+    }
+
+    async fn sleep_until(&self, deadline: Instant) -> io::Result<()> {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            return Ok(());
+        }
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let value = Timespec::try_from(wait).map_err(|_| io::Error::other("wait too long"))?;
+        timerfd_settime(
+            self.fd.get_ref(),
+            TimerfdTimerFlags::empty(),
+            &Itimerspec {
+                it_interval: zero,
+                it_value: value,
+            },
+        )?;
+        loop {
+            let mut ready = self.fd.readable().await?;
+            let mut expirations = [0u8; 8];
+            match ready.try_io(|fd| Ok(rustix::io::read(fd.get_ref(), &mut expirations)?)) {
+                Ok(read) => return read.map(drop),
+                Err(_would_block) => continue,
+            }
+        }
+    }
 }
 
 /// Where requests go: a fixed path, or a template with a customer id drawn per request.
@@ -367,8 +438,8 @@ struct ConnResult {
 enum Pace {
     /// As fast as the server answers.
     Closed,
-    /// This many requests per second over all connections.
-    Open(f64),
+    /// This many requests per second over all connections, waiting for slots with this timer.
+    Open(f64, OpenTimer),
 }
 
 struct Shared {
@@ -412,8 +483,14 @@ async fn run_connection(
     };
     // Open loop: this connection's slots are every `interval`, staggered across connections.
     let interval = match pace {
-        Pace::Open(rate) => Duration::from_secs_f64(connections as f64 / rate),
+        Pace::Open(rate, _) => Duration::from_secs_f64(connections as f64 / rate),
         Pace::Closed => Duration::ZERO,
+    };
+    let timer = match pace {
+        Pace::Open(_, OpenTimer::Kernel) => {
+            Some(SlotTimer::new().unwrap_or_else(|e| panic!("cannot create a timerfd: {e}")))
+        }
+        _ => None,
     };
     let mut slot = start + interval.mul_f64(index as f64 / connections as f64);
     loop {
@@ -425,7 +502,7 @@ async fn run_connection(
                 }
                 now
             }
-            Pace::Open(_) => {
+            Pace::Open(..) => {
                 if slot >= end {
                     break;
                 }
@@ -437,7 +514,13 @@ async fn run_connection(
                 let origin = if now < slot {
                     // The connection was idle at its slot: measure from the actual send, so
                     // the timer's lateness is not charged to the server.
-                    tokio::time::sleep_until(slot.into()).await;
+                    match &timer {
+                        Some(timer) => timer
+                            .sleep_until(slot)
+                            .await
+                            .unwrap_or_else(|e| panic!("timerfd wait failed: {e}")),
+                        None => tokio::time::sleep_until(slot.into()).await,
+                    }
                     let sent = Instant::now();
                     record(&mut r.send_lag, sent - slot);
                     sent
@@ -681,7 +764,11 @@ fn main() {
             "{name}: open loop at {open_target:.0} req/s for {:.0} s",
             args.open_seconds
         );
-        let open = run(Pace::Open(open_target), args.open_seconds, args.seed + 3);
+        let open = run(
+            Pace::Open(open_target, args.open_timer),
+            args.open_seconds,
+            args.seed + 3,
+        );
         results.push(EndpointResult {
             name,
             closed,
@@ -760,6 +847,7 @@ fn main() {
         "seconds": args.seconds,
         "open_seconds": args.open_seconds,
         "open_load": args.open_load,
+        "open_timer": format!("{:?}", args.open_timer).to_lowercase(),
         "healthz": {
             "closed": phase_json(&health.closed),
             "open": phase_json(&health.open),
