@@ -275,6 +275,51 @@ fn erasures_then_browsing(links: &[(String, String)], at: i64) -> Vec<SynthEvent
     out
 }
 
+/// New visitors who browse anonymously at `at`, identify a minute later and are erased a minute
+/// after that, each with the anonymous id and the customer id in different partitions: the
+/// erasure is applied at the customer's home before the anonymous state's merge comes back
+/// through the topic, and must still cover it.
+fn identified_then_erased(at: i64) -> Vec<SynthEvent> {
+    let text = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .expect("a valid time")
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    let mut out = Vec::new();
+    let pairs = (0..)
+        .map(|i| (format!("quick-{i}"), format!("quick-anon-{i}")))
+        .filter(|(c, a)| home_partition(c, 4) != home_partition(a, 4))
+        .take(6);
+    for (i, (customer, anonymous)) in pairs.enumerate() {
+        let (browse, identify, erase) = (at, at + 60_000, at + 120_000);
+        out.push(event(
+            &anonymous,
+            browse,
+            format!(
+                r#"{{"event_id":"quick-view-{i}","type":"interaction","ts":"{}","anonymous_id":"{anonymous}","kind":"page_view"}}"#,
+                text(browse)
+            ),
+        ));
+        out.push(event(
+            &customer,
+            identify,
+            format!(
+                r#"{{"event_id":"quick-identify-{i}","type":"identify","ts":"{}","customer_id":"{customer}","anonymous_id":"{anonymous}"}}"#,
+                text(identify)
+            ),
+        ));
+        out.push(event(
+            &customer,
+            erase,
+            format!(
+                r#"{{"event_id":"quick-erase-{i}","type":"erase","ts":"{}","customer_id":"{customer}"}}"#,
+                text(erase)
+            ),
+        ));
+    }
+    out
+}
+
 #[test]
 fn merges_across_instances_equal_one_instance() {
     let dir = test_dir();
@@ -349,7 +394,10 @@ fn merges_across_instances_equal_one_instance() {
     // customers, then browsing under their old anonymous ids: that starts new anonymous
     // profiles, as in one store, and never revives the erased customer.
     let erase_at = last_ts + 10 * 86_400_000;
-    let erasures = erasures_then_browsing(&linked, erase_at);
+    let mut erasures = erasures_then_browsing(&linked, erase_at);
+    // And customers erased right after they identified, before the merge of their anonymous
+    // history has come back from the other partition.
+    erasures.extend(identified_then_erased(erase_at));
     produce(&broker.bootstrap(), &topic, &erasures);
     events.extend(erasures);
     let third = settle();
@@ -370,6 +418,14 @@ fn merges_across_instances_equal_one_instance() {
 
     // Every profile lives in its id's home partition, in the instance owning that partition.
     let together = gather(&[(&a, vec![0, 1]), (&b, vec![2, 3])]);
+    let revived: Vec<&String> = together
+        .keys()
+        .filter(|id| id.starts_with("quick-"))
+        .collect();
+    assert!(
+        revived.is_empty(),
+        "customers erased right after identifying came back: {revived:?}"
+    );
     assert_same_profiles(&together, &expected);
 
     // Daily totals add up: every event counted once, every customer's first purchase once.

@@ -188,6 +188,36 @@ pub struct RoutedRecord {
     /// Merge: the encoded state. Forward: the source record's payload. Forget: the erasure
     /// time and the erased ids. Handoff: empty.
     pub payload: Vec<u8>,
+    /// Handoff and merge: the time of the `identify` or `alias` event they carry out, so the
+    /// receiver can tell whether an erasure it knows of covers them (`None` in records written
+    /// before this field existed, and for forwards and forgets).
+    pub origin_ts: Option<i64>,
+}
+
+/// [`RoutedRecord`] as stores wrote it before `origin_ts`: rows of this shape may still wait
+/// in the route outbox of a store written by an older build.
+#[derive(Deserialize)]
+pub(crate) struct RoutedRecordV1 {
+    kind: RouteKind,
+    key: String,
+    other: Option<String>,
+    origin_partition: u32,
+    origin_offset: u64,
+    payload: Vec<u8>,
+}
+
+impl From<RoutedRecordV1> for RoutedRecord {
+    fn from(v1: RoutedRecordV1) -> Self {
+        Self {
+            kind: v1.kind,
+            key: v1.key,
+            other: v1.other,
+            origin_partition: v1.origin_partition,
+            origin_offset: v1.origin_offset,
+            payload: v1.payload,
+            origin_ts: None,
+        }
+    }
 }
 
 pub(crate) fn commit(db: &Database, cp: &Checkpoint) -> Result<()> {

@@ -241,4 +241,54 @@ mod tests {
         store.put_kpi_snapshot(1, b"{}").unwrap();
         assert_eq!(store.generation(), g1 + 2, "a KPI snapshot is not");
     }
+
+    #[test]
+    fn identity_records_of_an_older_build_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb")).unwrap();
+        let current = RoutedRecord {
+            kind: RouteKind::Merge,
+            key: "carol".into(),
+            other: Some("anon-7".into()),
+            origin_partition: 3,
+            origin_offset: 41,
+            payload: vec![1, 2, 3],
+            origin_ts: Some(1_700_000_000_000),
+        };
+        store
+            .commit(&Checkpoint {
+                routed: vec![(2, current.clone())],
+                ..Checkpoint::default()
+            })
+            .unwrap();
+        // A row as builds before `origin_ts` wrote it: postcard writes a struct as its fields in
+        // order, so this tuple is that layout (kind, key, other, origin partition and offset,
+        // payload).
+        let older = (
+            RouteKind::Handoff,
+            "anon-9",
+            Some("dave"),
+            1u32,
+            7u64,
+            Vec::<u8>::new(),
+        );
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(tables::ROUTE_OUTBOX)
+            .unwrap()
+            .insert(1, codec::encode(&older).as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+
+        let rows = store.reader().unwrap().pending_routed().unwrap();
+        let expected_older = RoutedRecord {
+            kind: RouteKind::Handoff,
+            key: "anon-9".into(),
+            other: Some("dave".into()),
+            origin_partition: 1,
+            origin_offset: 7,
+            payload: Vec::new(),
+            origin_ts: None,
+        };
+        assert_eq!(rows, vec![(1, expected_older), (2, current)]);
+    }
 }

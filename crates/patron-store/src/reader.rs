@@ -8,8 +8,8 @@ use redb::{ReadOnlyTable, ReadTransaction, ReadableTable};
 
 use crate::Result;
 use crate::checkpoint::{
-    DailyTotals, DeadLetterRecord, ErasureCounters, RoutedRecord, SourcePosition, StoreCounters,
-    decode_position,
+    DailyTotals, DeadLetterRecord, ErasureCounters, RoutedRecord, RoutedRecordV1, SourcePosition,
+    StoreCounters, decode_position,
 };
 use crate::codec;
 use crate::tables::*;
@@ -239,7 +239,16 @@ impl StoreReader {
 
     /// The route outbox: identity records committed and not yet acknowledged by the topic.
     pub fn pending_routed(&self) -> Result<Vec<(u64, RoutedRecord)>> {
-        self.decode_all(ROUTE_OUTBOX, "route_outbox")
+        const NAME: &str = "route_outbox";
+        self.decode_rows(ROUTE_OUTBOX, |seq, bytes| {
+            // A row written before `origin_ts` ends where that field would start, so it does
+            // not decode as the current shape (postcard has no defaults) but does as the old.
+            match postcard::from_bytes::<RoutedRecord>(bytes) {
+                Ok(record) => Ok(record),
+                Err(_) => codec::decode::<RoutedRecordV1>(NAME, &seq.to_string(), bytes)
+                    .map(RoutedRecord::from),
+            }
+        })
     }
 
     /// Every row of a table with fixed-size keys and postcard values, in key order.
@@ -252,12 +261,26 @@ impl StoreReader {
         K: redb::Key + for<'a> redb::Value<SelfType<'a> = K> + std::fmt::Display + 'static,
         T: serde::de::DeserializeOwned,
     {
+        self.decode_rows(definition, |key, bytes| {
+            codec::decode(name, &key.to_string(), bytes)
+        })
+    }
+
+    /// Every row of a table with fixed-size keys, decoded by `decode`, in key order.
+    fn decode_rows<K, T>(
+        &self,
+        definition: redb::TableDefinition<'_, K, &[u8]>,
+        decode: impl Fn(&K, &[u8]) -> Result<T>,
+    ) -> Result<Vec<(K, T)>>
+    where
+        K: redb::Key + for<'a> redb::Value<SelfType<'a> = K> + 'static,
+    {
         let table = self.txn.open_table(definition)?;
         let mut out = Vec::new();
         for entry in table.iter()? {
             let (k, v) = entry?;
             let key = k.value();
-            let value = codec::decode(name, &key.to_string(), v.value())?;
+            let value = decode(&key, v.value())?;
             out.push((key, value));
         }
         Ok(out)

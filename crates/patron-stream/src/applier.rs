@@ -396,7 +396,7 @@ impl Applier {
             EventBody::Identify(_) | EventBody::Alias(_) | EventBody::Erase(_) => {}
         }
         if let Some(merged) = event.merged_id() {
-            self.link(merged, &canonical)?;
+            self.link(merged, &canonical, event.ts)?;
         }
         Ok(outcome)
     }

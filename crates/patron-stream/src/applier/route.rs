@@ -100,7 +100,7 @@ impl Applier {
     /// Forwards `payload` (a source record) to the home of `target`. An erasure also takes
     /// effect here: the link goes, and the id keeps a tombstone.
     pub fn forward(&mut self, target: String, event: &Event, payload: &[u8]) {
-        self.route(RouteKind::Forward, target, None, payload.to_vec());
+        self.route(RouteKind::Forward, target, None, payload.to_vec(), None);
         if let EventBody::Erase(erase) = &event.body {
             self.forget(&erase.customer_id, event.ts);
         }
@@ -130,7 +130,13 @@ impl Applier {
     /// Sends a record back to the home of its own id, to be applied there without following
     /// links (see [`Self::bounce_target`]).
     pub fn bounce(&mut self, own: String, payload: &[u8]) {
-        self.route(RouteKind::Forward, own.clone(), Some(own), payload.to_vec());
+        self.route(
+            RouteKind::Forward,
+            own.clone(),
+            Some(own),
+            payload.to_vec(),
+            None,
+        );
     }
 
     /// Applies a bounced record to its own id `own`, whatever it links to here.
@@ -151,7 +157,7 @@ impl Applier {
             if !told.contains(&home) {
                 told.push(home);
                 let payload = patron_store::codec::encode(&(at, ids));
-                self.route(RouteKind::Forget, id.clone(), None, payload);
+                self.route(RouteKind::Forget, id.clone(), None, payload, None);
             }
         }
     }
@@ -169,7 +175,14 @@ impl Applier {
         self.uncommitted += 1;
     }
 
-    fn route(&mut self, kind: RouteKind, key: String, other: Option<String>, payload: Vec<u8>) {
+    fn route(
+        &mut self,
+        kind: RouteKind,
+        key: String,
+        other: Option<String>,
+        payload: Vec<u8>,
+        origin_ts: Option<Millis>,
+    ) {
         self.uncommitted += 1;
         let (origin_partition, origin_offset) = self.routes.origin;
         self.routes.out.push(RoutedRecord {
@@ -179,12 +192,24 @@ impl Applier {
             origin_partition,
             origin_offset,
             payload,
+            origin_ts,
         });
     }
 
-    /// Links `merged` (an identify's anonymous id, an alias' previous id) to `canonical`,
-    /// folding its profile in here when both share a home, else asking its home for it.
-    pub(super) fn link(&mut self, merged: &str, canonical: &str) -> Result<()> {
+    /// The latest erasure of any of `ids` at or after `at`, the time of the identify or alias
+    /// a handoff or merge carries out: such an erasure covers it, as it would the event.
+    fn erased_since(&self, ids: &[&str], at: Option<Millis>) -> Option<Millis> {
+        let at = at?;
+        ids.iter()
+            .filter_map(|id| self.tombstones.get(*id).copied())
+            .filter(|erased| *erased >= at)
+            .max()
+    }
+
+    /// Links `merged` (an identify's anonymous id, an alias' previous id) to `canonical` for
+    /// the event at `at`, folding its profile in here when both share a home, else asking its
+    /// home for it.
+    pub(super) fn link(&mut self, merged: &str, canonical: &str, at: Millis) -> Result<()> {
         let source = self.resolve(merged);
         if source == canonical {
             return Ok(());
@@ -197,6 +222,7 @@ impl Applier {
                     source,
                     Some(canonical.to_owned()),
                     Vec::new(),
+                    Some(at),
                 );
                 Ok(())
             }
@@ -205,16 +231,23 @@ impl Applier {
     }
 
     /// A handoff at `id`'s home `scope`: the profile held under `id` goes into the profile
-    /// `into` resolves to, here when that shares the home, else as a merge record.
-    pub fn handoff(&mut self, id: &str, into: &str, scope: u32) -> Result<()> {
+    /// `into` resolves to, here when that shares the home, else as a merge record. `at` is the
+    /// time of the identify or alias it carries out (`None` from an older writer).
+    ///
+    /// When `id` was erased at or after `at`, the event is covered by the erasure, as one store
+    /// drops it: nothing moves and no link is made.
+    pub fn handoff(&mut self, id: &str, into: &str, scope: u32, at: Option<Millis>) -> Result<()> {
         self.uncommitted += 1;
+        if self.erased_since(&[id], at).is_some() {
+            return Ok(());
+        }
         let target = self.resolve(into);
         if target == id {
             return Ok(());
         }
         if self.holds_exactly(id)? {
             match self.take_state(id, scope)? {
-                Some(state) => self.deliver_merge(&target, id, state, scope)?,
+                Some(state) => self.deliver_merge(&target, id, state, scope, at)?,
                 None => self.link_ids(&[id], &target),
             }
             return Ok(());
@@ -223,23 +256,33 @@ impl Applier {
         let linked = self.resolve(id);
         self.link_ids(&[id], &target);
         if linked != id && linked != target {
-            self.route(RouteKind::Handoff, linked, Some(target), Vec::new());
+            self.route(RouteKind::Handoff, linked, Some(target), Vec::new(), at);
         }
         Ok(())
     }
 
     /// A merge at `scope`: `state`, the profile of `other` taken out at its home, joins the
-    /// profile `id` resolves to.
+    /// profile `id` resolves to. `at` is the time of the identify or alias behind it.
+    ///
+    /// When the customer was erased at or after `at` (the merge was still on its way when the
+    /// erasure was applied), one store would have folded the state in and erased it with the
+    /// customer: the state is dropped (its home already took it out) and `other` keeps a
+    /// tombstone, so the erased customer does not come back.
     pub fn merge_in(
         &mut self,
         id: &str,
         other: &str,
         state: CustomerState,
         scope: u32,
+        at: Option<Millis>,
     ) -> Result<()> {
         self.uncommitted += 1;
         let target = self.resolve(id);
-        self.deliver_merge(&target, other, state, scope)
+        if let Some(erased) = self.erased_since(&[id, &target, other], at) {
+            self.forget(other, erased);
+            return Ok(());
+        }
+        self.deliver_merge(&target, other, state, scope, at)
     }
 
     /// Merges `state` (of `other`) into `target` when `target`'s home is `scope`, else sends it
@@ -250,6 +293,7 @@ impl Applier {
         other: &str,
         state: CustomerState,
         scope: u32,
+        at: Option<Millis>,
     ) -> Result<()> {
         if self.home(target).is_some_and(|home| home != scope) {
             let payload = patron_store::codec::encode(&state);
@@ -258,6 +302,7 @@ impl Applier {
                 target.to_owned(),
                 Some(other.to_owned()),
                 payload,
+                at,
             );
             self.link_ids(&[other], target);
             return Ok(());

@@ -1088,7 +1088,8 @@ impl Writer {
                 None => invalid("a forwarded record without an event"),
             },
             RouteKind::Handoff => {
-                self.applier.handoff(key, other, partition)?;
+                self.applier
+                    .handoff(key, other, partition, route.origin_ts)?;
                 Ok(Ok(None))
             }
             RouteKind::Merge => {
@@ -1096,7 +1097,8 @@ impl Writer {
                 else {
                     return invalid("a merge record whose payload is not a profile state");
                 };
-                self.applier.merge_in(key, other, state, partition)?;
+                self.applier
+                    .merge_in(key, other, state, partition, route.origin_ts)?;
                 Ok(Ok(None))
             }
             RouteKind::Forget => {

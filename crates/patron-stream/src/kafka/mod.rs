@@ -150,11 +150,13 @@ pub mod headers {
     pub const SEQ: &str = "patron.seq";
     /// The store that wrote the dead letter (several stores may share one topic).
     pub const STORE: &str = "patron.store";
-    /// On identity records in the source topic: `handoff`, `merge` or `forward`.
+    /// On identity records in the source topic: `handoff`, `merge`, `forward` or `forget`.
     pub const ROUTE: &str = "patron.route";
     /// Handoff: the canonical id to merge into. Merge: the id whose state the payload holds.
     pub const ROUTE_OTHER: &str = "patron.route.other";
     /// The source record whose application produced an identity record.
     pub const ORIGIN_PARTITION: &str = "patron.origin.partition";
     pub const ORIGIN_OFFSET: &str = "patron.origin.offset";
+    /// Handoff and merge: the time (epoch ms) of the identify or alias they carry out.
+    pub const ORIGIN_TS: &str = "patron.origin.ts";
 }

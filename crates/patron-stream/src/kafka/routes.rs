@@ -36,6 +36,9 @@ pub struct RouteHeader {
     pub other: Option<String>,
     pub origin_partition: u32,
     pub origin_offset: u64,
+    /// Handoff and merge: the time of the identify or alias behind them (absent from records
+    /// of older writers).
+    pub origin_ts: Option<i64>,
 }
 
 /// `None` for an ordinary event; `Some(Err(why))` for a record that claims to be routed but
@@ -45,7 +48,7 @@ pub fn parse_route(
 ) -> Option<std::result::Result<RouteHeader, String>> {
     let hdrs = hdrs?;
     let mut kind = None;
-    let (mut other, mut partition, mut offset) = (None, None, None);
+    let (mut other, mut partition, mut offset, mut ts) = (None, None, None, None);
     for h in hdrs.iter() {
         let text = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
         match h.key {
@@ -53,11 +56,12 @@ pub fn parse_route(
             headers::ROUTE_OTHER => other = text,
             headers::ORIGIN_PARTITION => partition = text,
             headers::ORIGIN_OFFSET => offset = text,
+            headers::ORIGIN_TS => ts = text,
             _ => {}
         }
     }
     let kind = kind?;
-    Some(build_route(&kind, other, partition, offset))
+    Some(build_route(&kind, other, partition, offset, ts))
 }
 
 fn build_route(
@@ -65,6 +69,7 @@ fn build_route(
     other: Option<String>,
     partition: Option<String>,
     offset: Option<String>,
+    ts: Option<String>,
 ) -> std::result::Result<RouteHeader, String> {
     let kind = match kind {
         "handoff" => RouteKind::Handoff,
@@ -81,6 +86,13 @@ fn build_route(
     let origin_partition = u32::try_from(number(headers::ORIGIN_PARTITION, partition)?)
         .map_err(|_| format!("{} out of range", headers::ORIGIN_PARTITION))?;
     let origin_offset = number(headers::ORIGIN_OFFSET, offset)?;
+    let origin_ts = match ts {
+        None => None,
+        Some(text) => Some(
+            text.parse::<i64>()
+                .map_err(|_| format!("{} not a number", headers::ORIGIN_TS))?,
+        ),
+    };
     let needs_other = matches!(kind, RouteKind::Handoff | RouteKind::Merge);
     if needs_other && other.as_deref().is_none_or(str::is_empty) {
         return Err(format!("{} missing", headers::ROUTE_OTHER));
@@ -90,6 +102,7 @@ fn build_route(
         other,
         origin_partition,
         origin_offset,
+        origin_ts,
     })
 }
 
@@ -218,7 +231,8 @@ impl RouteForwarder {
         let delivered = self.outbox.send_round(producer, topic, |seq, record| {
             let partition = record.origin_partition.to_string();
             let offset = record.origin_offset.to_string();
-            let mut hdrs = OwnedHeaders::new_with_capacity(4)
+            let ts = record.origin_ts.map(|t| t.to_string());
+            let mut hdrs = OwnedHeaders::new_with_capacity(5)
                 .insert(Header {
                     key: headers::ROUTE,
                     value: Some(kind_name(record.kind)),
@@ -231,6 +245,12 @@ impl RouteForwarder {
                     key: headers::ORIGIN_OFFSET,
                     value: Some(offset.as_str()),
                 });
+            if let Some(ts) = &ts {
+                hdrs = hdrs.insert(Header {
+                    key: headers::ORIGIN_TS,
+                    value: Some(ts.as_str()),
+                });
+            }
             if let Some(other) = &record.other {
                 hdrs = hdrs.insert(Header {
                     key: headers::ROUTE_OTHER,
@@ -257,17 +277,25 @@ mod tests {
 
     #[test]
     fn route_headers_are_checked() {
-        let ok = build_route("merge", some("anon-1"), some("3"), some("42")).expect("valid");
+        let ok =
+            build_route("merge", some("anon-1"), some("3"), some("42"), some("-5")).expect("valid");
         assert_eq!(ok.kind, RouteKind::Merge);
         assert_eq!((ok.origin_partition, ok.origin_offset), (3, 42));
-        assert!(build_route("forward", None, some("0"), some("7")).is_ok());
+        assert_eq!(ok.origin_ts, Some(-5));
+        let older = build_route("handoff", some("c"), some("0"), some("7"), None).expect("valid");
+        assert_eq!(
+            older.origin_ts, None,
+            "a record of an older writer has no time"
+        );
+        assert!(build_route("forward", None, some("0"), some("7"), None).is_ok());
         let cases = [
-            build_route("teleport", some("a"), some("0"), some("1")),
-            build_route("handoff", None, some("0"), some("1")),
-            build_route("merge", some(""), some("0"), some("1")),
-            build_route("forward", None, some("x"), some("1")),
-            build_route("forward", None, some("0"), None),
-            build_route("forward", None, some("4294967296"), some("1")),
+            build_route("teleport", some("a"), some("0"), some("1"), None),
+            build_route("handoff", None, some("0"), some("1"), None),
+            build_route("merge", some(""), some("0"), some("1"), None),
+            build_route("forward", None, some("x"), some("1"), None),
+            build_route("forward", None, some("0"), None, None),
+            build_route("forward", None, some("4294967296"), some("1"), None),
+            build_route("merge", some("a"), some("0"), some("1"), some("soon")),
         ];
         for (i, case) in cases.iter().enumerate() {
             assert!(case.is_err(), "case {i} should be refused: {case:?}");
