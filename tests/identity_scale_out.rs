@@ -320,6 +320,63 @@ fn identified_then_erased(at: i64) -> Vec<SynthEvent> {
     out
 }
 
+/// Anonymous visitors who browse at `at` and are erased on their own two minutes later, while an
+/// identify naming them, a minute older than the erasure, is read after it (the customer id in
+/// another partition). Returns those events, and browsing under the erased ids a minute after
+/// the erasure, to be read once the identifies' handoffs have arrived: one store drops the
+/// identify (the erasure covers it), so that browsing starts afresh under the anonymous id and
+/// must not follow a link to the customer.
+fn erased_then_named(at: i64) -> (Vec<SynthEvent>, Vec<SynthEvent>) {
+    let text = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .expect("a valid time")
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    let (mut first, mut later) = (Vec::new(), Vec::new());
+    let pairs = (0..)
+        .map(|i| (format!("lone-{i}"), format!("lone-anon-{i}")))
+        .filter(|(c, a)| home_partition(c, 4) != home_partition(a, 4))
+        .take(6);
+    for (i, (customer, anonymous)) in pairs.enumerate() {
+        let view = |tag: &str, ms: i64| {
+            event(
+                &anonymous,
+                ms,
+                format!(
+                    r#"{{"event_id":"lone-{tag}-{i}","type":"interaction","ts":"{}","anonymous_id":"{anonymous}","kind":"page_view"}}"#,
+                    text(ms)
+                ),
+            )
+        };
+        first.push(view("view", at));
+        first.push(event(
+            &anonymous,
+            at + 120_000,
+            format!(
+                r#"{{"event_id":"lone-erase-{i}","type":"erase","ts":"{}","customer_id":"{anonymous}"}}"#,
+                text(at + 120_000)
+            ),
+        ));
+        first.push(event(
+            &customer,
+            at + 60_000,
+            format!(
+                r#"{{"event_id":"lone-identify-{i}","type":"identify","ts":"{}","customer_id":"{customer}","anonymous_id":"{anonymous}"}}"#,
+                text(at + 60_000)
+            ),
+        ));
+        later.push(view("after", at + 180_000));
+    }
+    (first, later)
+}
+
+/// The customer ids of [`erased_then_named`]: their homes apply the identify one store drops
+/// (docs/ARCHITECTURE.md, Identity), so their profiles are left out of the comparison.
+fn named_after_erasure(id: &str) -> bool {
+    id.strip_prefix("lone-")
+        .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_digit()))
+}
+
 #[test]
 fn merges_across_instances_equal_one_instance() {
     let dir = test_dir();
@@ -398,6 +455,9 @@ fn merges_across_instances_equal_one_instance() {
     // And customers erased right after they identified, before the merge of their anonymous
     // history has come back from the other partition.
     erasures.extend(identified_then_erased(erase_at));
+    // And anonymous ids erased on their own, named by an older identify read after that.
+    let (named, browsed) = erased_then_named(erase_at);
+    erasures.extend(named);
     produce(&broker.bootstrap(), &topic, &erasures);
     events.extend(erasures);
     let third = settle();
@@ -405,6 +465,9 @@ fn merges_across_instances_equal_one_instance() {
         third > 0,
         "erasures told the anonymous ids' homes ({third})"
     );
+    produce(&broker.bootstrap(), &topic, &browsed);
+    events.extend(browsed);
+    settle();
 
     // The oracle: a file replay of the same payloads, computed without Kafka or routing.
     file_oracle(dir.path(), &events);
@@ -417,7 +480,8 @@ fn merges_across_instances_equal_one_instance() {
     );
 
     // Every profile lives in its id's home partition, in the instance owning that partition.
-    let together = gather(&[(&a, vec![0, 1]), (&b, vec![2, 3])]);
+    let mut together = gather(&[(&a, vec![0, 1]), (&b, vec![2, 3])]);
+    together.retain(|id, _| !named_after_erasure(id));
     let revived: Vec<&String> = together
         .keys()
         .filter(|id| id.starts_with("quick-"))
@@ -451,6 +515,7 @@ fn merges_across_instances_equal_one_instance() {
     assert_eq!(sent(&replay(&a, "0,1")) + sent(&replay(&b, "2,3")), 0);
     let mut again = profiles(&a);
     again.extend(profiles(&b));
+    again.retain(|id, _| !named_after_erasure(id));
     assert_eq!(again.len(), expected.len());
 }
 
