@@ -135,6 +135,13 @@ fn links(events: &[SynthEvent]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// An event time as the events spell it (RFC 3339, milliseconds, UTC).
+fn text(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .expect("a valid time")
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 fn event(key: &str, ts_millis: i64, json: String) -> SynthEvent {
     SynthEvent {
         ts_millis,
@@ -151,10 +158,7 @@ fn event(key: &str, ts_millis: i64, json: String) -> SynthEvent {
 fn later_events(links: &[(String, String)], after: i64) -> Vec<SynthEvent> {
     let ts = |i: usize| {
         let at = after + 3_600_000 * (i as i64 + 1);
-        let text = chrono::DateTime::from_timestamp_millis(at)
-            .expect("a valid time")
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        (at, text)
+        (at, text(at))
     };
     let mut out = Vec::new();
     for (i, (customer, anonymous)) in links.iter().enumerate().take(150) {
@@ -236,11 +240,6 @@ fn assert_same_profiles(
 /// Erases three renamed and three plain linked customers at `at`, then browses under their
 /// anonymous ids an hour later.
 fn erasures_then_browsing(links: &[(String, String)], at: i64) -> Vec<SynthEvent> {
-    let text = |ms: i64| {
-        chrono::DateTime::from_timestamp_millis(ms)
-            .expect("a valid time")
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-    };
     let chosen = links
         .iter()
         .enumerate()
@@ -280,11 +279,6 @@ fn erasures_then_browsing(links: &[(String, String)], at: i64) -> Vec<SynthEvent
 /// erasure is applied at the customer's home before the anonymous state's merge comes back
 /// through the topic, and must still cover it.
 fn identified_then_erased(at: i64) -> Vec<SynthEvent> {
-    let text = |ms: i64| {
-        chrono::DateTime::from_timestamp_millis(ms)
-            .expect("a valid time")
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-    };
     let mut out = Vec::new();
     let pairs = (0..)
         .map(|i| (format!("quick-{i}"), format!("quick-anon-{i}")))
@@ -327,11 +321,6 @@ fn identified_then_erased(at: i64) -> Vec<SynthEvent> {
 /// identify (the erasure covers it), so that browsing starts afresh under the anonymous id and
 /// must not follow a link to the customer.
 fn erased_then_named(at: i64) -> (Vec<SynthEvent>, Vec<SynthEvent>) {
-    let text = |ms: i64| {
-        chrono::DateTime::from_timestamp_millis(ms)
-            .expect("a valid time")
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-    };
     let (mut first, mut later) = (Vec::new(), Vec::new());
     let pairs = (0..)
         .map(|i| (format!("lone-{i}"), format!("lone-anon-{i}")))
@@ -693,9 +682,7 @@ fn two_serve_instances_share_the_identities() {
 /// Browsing under linked anonymous ids at `at` (new event ids): forwarded to the customers'
 /// homes, or new profiles where the customer was erased.
 fn browsing(links: &[(String, String)], at: i64, tag: &str) -> Vec<SynthEvent> {
-    let text = chrono::DateTime::from_timestamp_millis(at)
-        .expect("a valid time")
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let text = text(at);
     links
         .iter()
         .take(120)
