@@ -847,7 +847,9 @@ fn main() {
         "seconds": args.seconds,
         "open_seconds": args.open_seconds,
         "open_load": args.open_load,
-        "open_timer": format!("{:?}", args.open_timer).to_lowercase(),
+        // As spelled on the command line.
+        "open_timer": clap::ValueEnum::to_possible_value(&args.open_timer)
+            .map(|v| v.get_name().to_owned()),
         "healthz": {
             "closed": phase_json(&health.closed),
             "open": phase_json(&health.open),

@@ -86,13 +86,10 @@ fn build_route(
     let origin_partition = u32::try_from(number(headers::ORIGIN_PARTITION, partition)?)
         .map_err(|_| format!("{} out of range", headers::ORIGIN_PARTITION))?;
     let origin_offset = number(headers::ORIGIN_OFFSET, offset)?;
-    let origin_ts = match ts {
-        None => None,
-        Some(text) => Some(
-            text.parse::<i64>()
-                .map_err(|_| format!("{} not a number", headers::ORIGIN_TS))?,
-        ),
-    };
+    let origin_ts = ts
+        .map(|text| text.parse::<i64>())
+        .transpose()
+        .map_err(|_| format!("{} not a number", headers::ORIGIN_TS))?;
     let needs_other = matches!(kind, RouteKind::Handoff | RouteKind::Merge);
     if needs_other && other.as_deref().is_none_or(str::is_empty) {
         return Err(format!("{} missing", headers::ROUTE_OTHER));
