@@ -220,7 +220,12 @@ curl -sf -H "Authorization: Bearer $KEY" "$URL/v1/status" \
     | python3 -c 'import json,sys
 r = json.load(sys.stdin)
 for name in ("profile_cache", "decision_cache", "offer_decisions"):
-    print(name.replace("_", " ") + ":", json.dumps(r.get(name)))' \
+    print(name.replace("_", " ") + ":", json.dumps(r.get(name)))
+# Time inside the server (routing to response, no socket or scheduling wait), all phases.
+for h in r.get("http", []):
+    if h["count"] >= 1000:
+        q = "  ".join(f"p{k[1:-8]} {h[k] * 1e3:.3f} ms" for k in ("p50_seconds", "p99_seconds", "p999_seconds"))
+        print("in-server latency " + h["route"] + ":", h["count"], "requests,", q)' \
     | tee -a "$WORK/result.txt" || true
 echo "serve RSS after load: $(( $(ps -o rss= -p $SERVE_PID) / 1024 )) MB" | tee -a "$WORK/result.txt"
 echo "CLV refits since start (incl. the first): $(grep -c 'CLV models refitted' "$WORK/serve.err" || true)" \

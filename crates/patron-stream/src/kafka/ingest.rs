@@ -665,6 +665,20 @@ pub fn run(
     Ok(summary)
 }
 
+/// How long the writer waits for work before it looks at the checkpoint again. With something
+/// owed, until the interval since the last checkpoint is up; with nothing owed there is no
+/// deadline, so a whole interval (work wakes it sooner), rather than waking every millisecond of
+/// an idle stretch once the interval has run out.
+fn checkpoint_wait(owed: bool, interval: Duration, since_checkpoint: Duration) -> Duration {
+    if owed {
+        interval
+            .saturating_sub(since_checkpoint)
+            .max(Duration::from_millis(1))
+    } else {
+        interval
+    }
+}
+
 /// The consumer loop.
 fn consume(
     consumer: &BaseConsumer<IngestContext>,
@@ -896,10 +910,11 @@ struct Writer {
 impl Writer {
     fn run(mut self, work: Receiver<Work>) -> Result<IngestSummary> {
         loop {
-            let wait = self
-                .interval
-                .saturating_sub(self.last_checkpoint.elapsed())
-                .max(Duration::from_millis(1));
+            let wait = checkpoint_wait(
+                self.owes_checkpoint(),
+                self.interval,
+                self.last_checkpoint.elapsed(),
+            );
             match work.recv_timeout(wait) {
                 Ok(Work::Batch(batch)) => self.apply(batch)?,
                 Ok(Work::Positions {
@@ -949,11 +964,7 @@ impl Writer {
                     break;
                 }
             }
-            let due = self.last_checkpoint.elapsed() >= self.interval
-                && (self.applier.uncommitted() > 0
-                    || self.forwarder.has_work()
-                    || self.routes.has_work()
-                    || self.changelog_owed());
+            let due = self.last_checkpoint.elapsed() >= self.interval && self.owes_checkpoint();
             if self.applier.uncommitted() >= self.max_events || due {
                 self.checkpoint()?;
             }
@@ -1178,6 +1189,15 @@ impl Writer {
         Ok(())
     }
 
+    /// Whether anything waits for a checkpoint: applied records, or outboxes with rows to send
+    /// or deliveries to record.
+    fn owes_checkpoint(&self) -> bool {
+        self.applier.uncommitted() > 0
+            || self.forwarder.has_work()
+            || self.routes.has_work()
+            || self.changelog_owed()
+    }
+
     /// Whether the changelog outbox still needs a checkpoint (rows to send, or deliveries to
     /// record).
     fn changelog_owed(&self) -> bool {
@@ -1287,5 +1307,32 @@ impl Writer {
         self.records_at_checkpoint = self.summary.records;
         self.last_checkpoint = Instant::now();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn an_owed_checkpoint_waits_out_the_rest_of_its_interval() {
+        let ms = Duration::from_millis;
+        assert_eq!(checkpoint_wait(true, SECOND, ms(300)), ms(700));
+        // Overdue: look again soon, but never spin on a zero timeout.
+        assert_eq!(checkpoint_wait(true, SECOND, ms(1000)), ms(1));
+        assert_eq!(checkpoint_wait(true, SECOND, 5 * SECOND), ms(1));
+    }
+
+    #[test]
+    fn an_idle_writer_sleeps_a_whole_interval() {
+        // Long after the last checkpoint, with nothing to commit or deliver: no millisecond
+        // polling (an idle `serve` used to wake its writer about 940 times a second).
+        assert_eq!(checkpoint_wait(false, SECOND, 60 * SECOND), SECOND);
+        assert_eq!(
+            checkpoint_wait(false, SECOND, Duration::from_millis(300)),
+            SECOND
+        );
     }
 }
