@@ -28,9 +28,10 @@ pub(crate) fn open_existing(path: &Path) -> Result<Store, Failure> {
     })
 }
 
+/// The async runtime of `serve`, `query` and `export`: one worker per core (tokio's default;
+/// `TOKIO_WORKER_THREADS` overrides it), so the API uses every core of a larger host.
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
         .enable_all()
         .build()
         .map_err(Failure::runtime)
