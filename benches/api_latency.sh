@@ -9,7 +9,9 @@
 #      scoring view and the first CLV refit (a minute after start), so neither lands mid-run;
 #   4. runs benches/http_load.rs: closed loop (max rate), then open loop at half of that rate,
 #      for /healthz and then for the endpoint (80% of requests to a hot 1% of ids);
-#   5. if `wrk` is installed, a second opinion on both max rates.
+#   5. if `wrk` is installed, a second opinion on both max rates;
+#   6. the caches' counters and the server's own latency per route (from /v1/status), which
+#      tells the handler's time from the time spent around it (sockets, scheduling, client).
 #
 #   benches/api_latency.sh                        # 1M customers, 32 connections, 2 client threads
 #   ENDPOINT=offers benches/api_latency.sh        # GET /v1/customers/{id}/offers?channel=web&limit=3
@@ -224,7 +226,7 @@ for name in ("profile_cache", "decision_cache", "offer_decisions"):
 # Time inside the server (routing to response, no socket or scheduling wait), all phases.
 for h in r.get("http", []):
     if h["count"] >= 1000:
-        q = "  ".join(f"p{k[1:-8]} {h[k] * 1e3:.3f} ms" for k in ("p50_seconds", "p99_seconds", "p999_seconds"))
+        q = "  ".join(f"{label} {h[key] * 1e3:.3f} ms" for label, key in (("p50", "p50_seconds"), ("p99", "p99_seconds"), ("p99.9", "p999_seconds")))
         print("in-server latency " + h["route"] + ":", h["count"], "requests,", q)' \
     | tee -a "$WORK/result.txt" || true
 echo "serve RSS after load: $(( $(ps -o rss= -p $SERVE_PID) / 1024 )) MB" | tee -a "$WORK/result.txt"
