@@ -3,9 +3,13 @@
 //! Recorded once per request by [`track`], keyed by the route pattern (`MatchedPath`), so the
 //! label set stays bounded whatever ids clients send; unmatched paths share one label.
 //! Exported in Prometheus/OpenMetrics text by `/metrics`.
+//!
+//! Each thread records into one of [`SHARDS`] shards (picked once per thread), so the workers of
+//! a many-core host do not all queue for one lock on every request; reports merge the shards.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +37,16 @@ struct RouteStats {
 }
 
 impl RouteStats {
+    /// Adds `other`'s figures to these.
+    fn merge(&mut self, other: &RouteStats) {
+        // Same bounds on both sides, so every value fits.
+        let _ = self.latency.add(&other.latency);
+        self.sum_us = self.sum_us.saturating_add(other.sum_us);
+        for (status, n) in &other.by_status {
+            *self.by_status.entry(*status).or_default() += n;
+        }
+    }
+
     fn new() -> Self {
         Self {
             latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
@@ -42,9 +56,21 @@ impl RouteStats {
     }
 }
 
+/// How many shards the figures are recorded in; threads beyond that share them.
+pub const SHARDS: usize = 16;
+
 #[derive(Default)]
 pub struct HttpMetrics {
-    routes: Mutex<BTreeMap<String, RouteStats>>,
+    shards: [Mutex<BTreeMap<String, RouteStats>>; SHARDS],
+}
+
+/// This thread's shard: threads are numbered as they first record, round robin.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
 }
 
 /// One route's figures, for `/v1/status`-like reports and tests.
@@ -64,7 +90,7 @@ impl HttpMetrics {
         let us = u64::try_from(elapsed.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
-        let mut routes = self.routes.lock().expect("metrics lock");
+        let mut routes = self.shards[shard()].lock().expect("metrics lock");
         if !routes.contains_key(route) {
             routes.insert(route.to_owned(), RouteStats::new());
         }
@@ -74,8 +100,21 @@ impl HttpMetrics {
         *stats.by_status.entry(status).or_default() += 1;
     }
 
+    /// Every shard's figures, merged per route.
+    fn merged(&self) -> BTreeMap<String, RouteStats> {
+        let mut all: BTreeMap<String, RouteStats> = BTreeMap::new();
+        for shard in &self.shards {
+            for (route, stats) in shard.lock().expect("metrics lock").iter() {
+                all.entry(route.clone())
+                    .or_insert_with(RouteStats::new)
+                    .merge(stats);
+            }
+        }
+        all
+    }
+
     pub fn summaries(&self) -> Vec<RouteSummary> {
-        let routes = self.routes.lock().expect("metrics lock");
+        let routes = self.merged();
         routes
             .iter()
             .map(|(route, s)| {
@@ -95,7 +134,7 @@ impl HttpMetrics {
 
     /// The families in OpenMetrics text (without the final `# EOF`).
     pub fn encode(&self, out: &mut String) {
-        let routes = self.routes.lock().expect("metrics lock");
+        let routes = self.merged();
         let _ = writeln!(out, "# TYPE {LATENCY} summary");
         let _ = writeln!(out, "# HELP {LATENCY} {LATENCY_HELP}");
         let _ = writeln!(out, "# UNIT {LATENCY} seconds");
@@ -139,16 +178,15 @@ fn escape(label: &str) -> String {
 
 /// Middleware: times the request and records it under its route pattern.
 pub async fn track(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or(UNMATCHED, |p| p.as_str())
-        .to_owned();
+    // A clone of the pattern is a reference count, not a copy of the text.
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let started = Instant::now();
     let response = next.run(req).await;
-    state
-        .http
-        .record(&route, response.status().as_u16(), started.elapsed());
+    state.http.record(
+        route.as_ref().map_or(UNMATCHED, MatchedPath::as_str),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 
@@ -177,5 +215,49 @@ mod tests {
         m.encode(&mut text);
         assert!(text.contains("patron_http_requests_total{route=\"/a\",status=\"404\"} 1"));
         assert!(text.contains("patron_http_request_duration_seconds_count{route=\"/a\"} 1001"));
+    }
+
+    #[test]
+    fn threads_recording_apart_add_up() {
+        // More threads than shards, so some share one; each records its own slice of 1..=6000 µs.
+        let m = HttpMetrics::default();
+        let threads = SHARDS + 4;
+        let per_thread = 6000 / threads as u64;
+        std::thread::scope(|scope| {
+            for t in 0..threads as u64 {
+                let m = &m;
+                scope.spawn(move || {
+                    for i in 1..=per_thread {
+                        let status = if i % 10 == 0 { 500 } else { 200 };
+                        m.record("/b", status, Duration::from_micros(t * per_thread + i));
+                    }
+                    m.record("/c", 204, Duration::from_micros(7));
+                });
+            }
+        });
+        let all = m.summaries();
+        let b = all.iter().find(|s| s.route == "/b").expect("route /b");
+        let n = threads as u64 * per_thread;
+        assert_eq!(b.count, n);
+        assert_eq!(b.by_status[&500], n / 10);
+        assert_eq!(b.by_status[&200], n - n / 10);
+        // Values 1..=n µs, one each: the 99th percentile is about 0.99 n (3 significant digits).
+        let p99_us = b.p99_seconds * 1e6;
+        assert!(
+            (p99_us - 0.99 * n as f64).abs() <= 0.002 * n as f64,
+            "{p99_us}"
+        );
+        let c = all.iter().find(|s| s.route == "/c").expect("route /c");
+        assert_eq!(
+            (c.count, c.by_status[&204]),
+            (threads as u64, threads as u64)
+        );
+        let mut text = String::new();
+        m.encode(&mut text);
+        let sum_line = format!(
+            "patron_http_request_duration_seconds_sum{{route=\"/b\"}} {}",
+            (n * (n + 1) / 2) as f64 / 1e6
+        );
+        assert!(text.contains(&sum_line), "{sum_line} not in {text}");
     }
 }
