@@ -6,6 +6,8 @@
 //!
 //! Each thread records into one of [`SHARDS`] shards (picked once per thread), so the workers of
 //! a many-core host do not all queue for one lock on every request; reports merge the shards.
+//! The price is memory and report time: a route's histogram (1 µs to 1 h at 3 significant
+//! digits) is about 190 KB in each shard a thread recorded it in, and a report adds them up.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
