@@ -85,6 +85,10 @@ impl Default for SourceConfig {
 pub struct CheckpointConfig {
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// Records applied between two checkpoints at most. Large by default: `serve` checkpoints
+    /// by `interval`, and a replay, which checkpoints at least 10 s apart, is bounded by its
+    /// profile cache instead (each checkpoint rewrites most profiles when events are in time
+    /// order, so frequent ones cost far more than they save).
     pub max_events: u64,
 }
 
@@ -92,7 +96,7 @@ impl Default for CheckpointConfig {
     fn default() -> Self {
         Self {
             interval: Duration::from_secs(1),
-            max_events: 200_000,
+            max_events: 5_000_000,
         }
     }
 }

@@ -19,6 +19,7 @@ use patron_store::{
     ErasureCounters, OfferCounts, PartitionImage, ProfileWrite, RestoreStats, RoutedRecord,
     SourcePosition, Store, StoreCounters, StoreReader,
 };
+use rayon::prelude::*;
 
 use crate::Result;
 
@@ -44,7 +45,8 @@ pub struct Applier {
     store: Store,
     snapshot: StoreReader,
     ctx: ApplyContext,
-    profiles: HashMap<String, CachedProfile>,
+    /// Hashed with foldhash rather than SipHash: every applied event looks its profile up.
+    profiles: HashMap<String, CachedProfile, foldhash::fast::RandomState>,
     /// Every alias link, held in memory so resolving an id never touches the store. Links are
     /// few next to profiles (only merged ids have one).
     aliases: HashMap<String, String>,
@@ -116,7 +118,7 @@ impl Applier {
             store,
             snapshot,
             ctx,
-            profiles: HashMap::new(),
+            profiles: HashMap::default(),
             aliases,
             new_aliases: Vec::new(),
             tombstones,
@@ -223,6 +225,13 @@ impl Applier {
     /// Records that have been applied (or rejected) since the last checkpoint.
     pub fn uncommitted(&self) -> u64 {
         self.uncommitted
+    }
+
+    /// Whether the profile cache holds twice its limit (dirty profiles stay until they are
+    /// committed): a writer that checkpoints then, and so drops the cache, keeps its memory
+    /// bounded however rarely it checkpoints by time or count.
+    pub fn cache_full(&self) -> bool {
+        self.profiles.len() > 2 * self.cache_limit
     }
 
     /// The committed position of a source partition, as of the last checkpoint or this run.
@@ -602,17 +611,24 @@ impl Applier {
     pub fn checkpoint(&mut self) -> Result<CheckpointStats> {
         let started = std::time::Instant::now();
         let mut cp = Checkpoint::default();
-        for (id, p) in self.profiles.iter_mut().filter(|(_, p)| p.dirty) {
-            cp.profiles.push(match &p.state {
+        let mut dirty: Vec<(&String, &mut CachedProfile)> =
+            self.profiles.iter_mut().filter(|(_, p)| p.dirty).collect();
+        // Encoding is pure and per profile: spread it over the cores, so the writer's pause
+        // shrinks with them.
+        cp.profiles = dirty
+            .par_iter()
+            .map(|(id, p)| match &p.state {
                 Some(state) => ProfileWrite::upsert(id, p.scope, state),
                 None => ProfileWrite::delete(id),
-            });
+            })
+            .collect();
+        for (id, p) in dirty.iter_mut() {
             p.dirty = false;
             if let Some(c) = &mut self.changes {
                 c.keys.insert(ChangedKey {
                     partition: p.scope,
                     kind: ChangeKind::Profile,
-                    key: id.clone(),
+                    key: String::clone(id),
                 });
             }
         }
@@ -663,5 +679,49 @@ impl Applier {
             profiles: cp.profiles.len(),
             duration: started.elapsed(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use patron_core::decode::Decoder;
+    use patron_core::time::now_millis;
+
+    use super::*;
+
+    fn purchase(id: &str, n: u32) -> Event {
+        let json = format!(
+            r#"{{"type":"purchase","event_id":"{id}-{n}","ts":"2025-03-0{n}T10:00:00Z","customer_id":"{id}","amount":"10.00"}}"#
+        );
+        Decoder::default()
+            .decode(json.as_bytes(), now_millis())
+            .expect("a valid purchase")
+    }
+
+    /// A cache limited to 2 profiles is full above 4 (twice the limit); the checkpoint then
+    /// drops it, and later events read the committed states back from the store.
+    #[test]
+    fn a_full_cache_is_reported_until_a_checkpoint_drops_it() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::open(dir.path().join("state.redb")).expect("a store");
+        let mut applier = Applier::open(store.clone(), ApplyContext::default())
+            .expect("an applier")
+            .with_cache_limit(2);
+        let ids = ["c1", "c2", "c3", "c4", "c5"];
+        for (i, id) in ids.iter().enumerate() {
+            assert!(!applier.cache_full(), "{i} profiles cached");
+            applier.apply(&purchase(id, 1), 0).expect("applied");
+        }
+        assert!(applier.cache_full(), "5 profiles cached, limit 2");
+        let stats = applier.checkpoint().expect("a checkpoint");
+        assert_eq!(stats.profiles, 5);
+        assert!(!applier.cache_full(), "the checkpoint dropped the cache");
+        applier.apply(&purchase("c1", 2), 0).expect("applied");
+        applier.checkpoint().expect("a checkpoint");
+        let reader = store.reader().expect("a reader");
+        for (id, frequency) in [("c1", 2), ("c2", 1), ("c5", 1)] {
+            let profile = reader.profile(id).expect("read").expect("a profile");
+            assert_eq!(profile.state.frequency, frequency, "{id}");
+        }
     }
 }

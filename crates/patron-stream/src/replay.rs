@@ -26,7 +26,7 @@ use crate::input::{
 };
 use crate::{Result, StreamError};
 
-const REPLAY_MIN_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const REPLAY_MIN_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Replay over files always applies as partition 0 of its source.
 pub const FILE_PARTITION: u32 = 0;
@@ -163,8 +163,10 @@ pub fn replay(
 
     let max_events = config.checkpoint.max_events.max(1);
     // A replay re-reads its input after a crash, so frequent checkpoints only buy a shorter
-    // re-read while costing whole B-tree rewrites; it checkpoints at least 10 s apart (and
-    // every `max_events` records). `serve` uses the configured interval as it is.
+    // re-read while costing B-tree rewrites: with events in time order, each checkpoint
+    // rewrites most of the profiles. It checkpoints at least 10 s apart, every `max_events`
+    // records, and when the profile cache is full (which bounds its memory). `serve` uses the
+    // configured interval as it is.
     let interval = config
         .checkpoint
         .interval
@@ -255,7 +257,10 @@ pub fn replay(
                     next_offset: batch.end_offset,
                     incarnation: fp.clone(),
                 });
-                if applier.uncommitted() >= max_events || last_checkpoint.elapsed() >= interval {
+                if applier.uncommitted() >= max_events
+                    || applier.cache_full()
+                    || last_checkpoint.elapsed() >= interval
+                {
                     checkpoint(&mut applier, &mut dead, &mut summary)?;
                     last_checkpoint = Instant::now();
                 }

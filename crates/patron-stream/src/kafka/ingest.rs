@@ -601,7 +601,15 @@ pub fn run(
         offsets: BTreeMap::new(),
         summary: IngestSummary::default(),
         max_events: config.checkpoint.max_events.max(1),
-        interval: config.checkpoint.interval.max(Duration::from_millis(10)),
+        // A replay from the topic checkpoints as rarely as one from files (see there); `serve`
+        // keeps the configured interval, which is how stale its answers may be.
+        interval: match opts.mode {
+            Mode::UntilEnd => config
+                .checkpoint
+                .interval
+                .max(crate::replay::REPLAY_MIN_CHECKPOINT_INTERVAL),
+            Mode::Follow => config.checkpoint.interval.max(Duration::from_millis(10)),
+        },
         last_checkpoint: Instant::now(),
         records_at_checkpoint: 0,
     };
@@ -965,7 +973,7 @@ impl Writer {
                 }
             }
             let due = self.last_checkpoint.elapsed() >= self.interval && self.owes_checkpoint();
-            if self.applier.uncommitted() >= self.max_events || due {
+            if self.applier.uncommitted() >= self.max_events || self.applier.cache_full() || due {
                 self.checkpoint()?;
             }
         }
