@@ -266,7 +266,7 @@ pub(crate) fn profile_and_row(
     p.engagement = s
         .engagement
         .iter()
-        .map(|c| (c.key.clone(), c.value_at(now, half_life_ms)))
+        .map(|c| (c.key.to_string(), c.value_at(now, half_life_ms)))
         .collect();
     p.affinity = top_categories(config, s, as_of)
         .into_iter()

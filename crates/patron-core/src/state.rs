@@ -7,6 +7,7 @@
 //! rounding), last-writer-wins traits keyed by timestamp, and a dedup set pruned against the
 //! newest timestamp (which only grows).
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventBody, EventId};
@@ -53,7 +54,10 @@ pub enum ApplyOutcome {
 /// A sum of weights decayed with a half-life, stored as its value at `at` (the newest input).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecayedCounter {
-    pub key: String,
+    /// An interaction kind or a category: short, so stored inline (up to 24 bytes) rather than
+    /// on the heap; the binary search over a profile's counters then reads no other memory.
+    /// Serialized as a plain string, as before.
+    pub key: CompactString,
     pub value: f64,
     pub at: Millis,
 }
@@ -93,7 +97,7 @@ fn bump(
             counters.insert(
                 i,
                 DecayedCounter {
-                    key: key.to_owned(),
+                    key: key.into(),
                     value: weight,
                     at: ts,
                 },
@@ -200,7 +204,7 @@ impl ActivityBitmap {
 /// A trait value from `identify`, last writer (by event time) wins per key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraitValue {
-    pub key: String,
+    pub key: CompactString,
     pub at: Millis,
     /// The value as compact JSON.
     pub json: String,
@@ -294,7 +298,7 @@ impl CustomerState {
         let mut v: Vec<(String, f64)> = self
             .affinity
             .iter()
-            .map(|c| (c.key.clone(), c.value_at(now, half_life_ms)))
+            .map(|c| (c.key.to_string(), c.value_at(now, half_life_ms)))
             .collect();
         v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         v.truncate(k);
@@ -404,7 +408,7 @@ impl CustomerState {
         };
         for (key, value) in map {
             self.put_trait(TraitValue {
-                key,
+                key: key.into(),
                 at: ts,
                 json: value.to_string(),
             });
