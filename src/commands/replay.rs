@@ -36,6 +36,7 @@ pub(crate) enum FormatArg {
 ///   patron replay --input orders.csv --store shop.redb --customer-col email \
 ///     --ts-col created_at --ts-format '%Y-%m-%d %H:%M:%S' --amount-col total
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub(crate) struct ReplayArgs {
     /// Input files (JSONL, CSV or Parquet), applied in the order given.
     #[arg(long, required_unless_present = "from_kafka", num_args = 1.., value_name = "PATH")]
@@ -56,6 +57,7 @@ pub(crate) struct ReplayArgs {
     /// Bootstrap servers, e.g. `127.0.0.1:9092`.
     #[arg(long, value_name = "BROKERS", help_heading = "Kafka source")]
     brokers: Option<String>,
+    /// The topic the events are in.
     #[arg(long, value_name = "TOPIC", help_heading = "Kafka source")]
     topic: Option<String>,
     /// Where partitions the store has never read start: `earliest`, or a time (RFC 3339 or
@@ -361,6 +363,11 @@ fn print_summary(s: &ReplaySummary, store: &std::path::Path, dead_letter: &std::
         &s.rejected,
     );
     println!("  customers   {} ({} profiles)", s.customers, s.profiles);
+    println!(
+        "  checkpoints {} (longest {:.1} ms)",
+        s.checkpoints,
+        s.checkpoint_max.as_secs_f64() * 1e3
+    );
     for f in &s.files {
         if f.records == 0 && f.started_at > 0 {
             println!(
