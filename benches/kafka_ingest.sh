@@ -35,8 +35,17 @@ TANSU_PID=$!
 trap 'kill $TANSU_PID 2>/dev/null || true; [ -n "${SERVE_PID:-}" ] && kill $SERVE_PID 2>/dev/null || true' EXIT
 trap 'exit 143' INT TERM
 for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
-"$TANSU" topic create "$TOPIC" --partitions 4 --broker "tcp://$BROKER" > /dev/null
-"$TANSU" topic create "$DLQ" --partitions 1 --broker "tcp://$BROKER" > /dev/null
+# A broker that has just started sometimes resets the first connection: try a few times.
+create_topic() {
+    for attempt in 1 2 3 4 5; do
+        "$TANSU" topic create "$1" --partitions "$2" --broker "tcp://$BROKER" > /dev/null && return 0
+        echo "topic create $1 failed (attempt $attempt); retrying" >&2
+        sleep 1
+    done
+    return 1
+}
+create_topic "$TOPIC" 4
+create_topic "$DLQ" 1
 
 START=$(date -u -d '-731 days' +%Y-%m-%d)
 echo "producing $CUSTOMERS customers' events to $TOPIC" >&2
