@@ -29,6 +29,8 @@ TOPIC=bench-events
 DLQ=bench-dead-letters
 rm -rf "$WORK" && mkdir -p "$WORK"
 
+# A broker from the run before may still hold the port for a moment: wait for it to go.
+for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null || break; sleep 0.1; done
 "$TANSU" broker --storage-engine memory://tansu/ --listener-url "tcp://$BROKER" \
     --advertised-listener-url "tcp://$BROKER" > "$WORK/tansu.log" 2>&1 &
 TANSU_PID=$!
@@ -38,6 +40,7 @@ for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
 # A broker that has just started sometimes resets the first connection: try a few times.
 create_topic() {
     for attempt in 1 2 3 4 5; do
+        kill -0 $TANSU_PID 2>/dev/null || { echo "tansu exited:" >&2; tail -5 "$WORK/tansu.log" >&2; return 1; }
         "$TANSU" topic create "$1" --partitions "$2" --broker "tcp://$BROKER" > /dev/null && return 0
         echo "topic create $1 failed (attempt $attempt); retrying" >&2
         sleep 1
