@@ -227,10 +227,15 @@ impl Applier {
         self.uncommitted
     }
 
-    /// Whether the profile cache holds twice its limit (dirty profiles stay until they are
-    /// committed): a writer that checkpoints then, and so drops the cache, keeps its memory
-    /// bounded however rarely it checkpoints by time or count.
-    pub fn cache_full(&self) -> bool {
+    /// Whether a checkpoint is needed whatever the time: `max_events` records applied since the
+    /// last one, or a profile cache at twice its limit (dirty profiles stay until they are
+    /// committed, and the checkpoint then drops the cache), which bounds memory however rarely
+    /// a writer checkpoints by time.
+    pub fn needs_checkpoint(&self, max_events: u64) -> bool {
+        self.uncommitted >= max_events || self.cache_full()
+    }
+
+    fn cache_full(&self) -> bool {
         self.profiles.len() > 2 * self.cache_limit
     }
 

@@ -257,10 +257,7 @@ pub fn replay(
                     next_offset: batch.end_offset,
                     incarnation: fp.clone(),
                 });
-                if applier.uncommitted() >= max_events
-                    || applier.cache_full()
-                    || last_checkpoint.elapsed() >= interval
-                {
+                if applier.needs_checkpoint(max_events) || last_checkpoint.elapsed() >= interval {
                     checkpoint(&mut applier, &mut dead, &mut summary)?;
                     last_checkpoint = Instant::now();
                 }

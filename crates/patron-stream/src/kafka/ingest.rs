@@ -977,7 +977,7 @@ impl Writer {
                 }
             }
             let due = self.last_checkpoint.elapsed() >= self.interval && self.owes_checkpoint();
-            if self.applier.uncommitted() >= self.max_events || self.applier.cache_full() || due {
+            if self.applier.needs_checkpoint(self.max_events) || due {
                 self.checkpoint()?;
             }
         }
