@@ -68,6 +68,24 @@ fn daily(store: &Path) -> BTreeMap<i32, DailyTotals> {
         .collect()
 }
 
+/// One instance's turn: `patron replay --from-kafka --until-end` of `partitions` into `store`;
+/// its output.
+fn replay_share(brokers: &str, topic: &str, store: &Path, partitions: &str) -> String {
+    run_ok(&[
+        "replay",
+        "--from-kafka",
+        "--brokers",
+        brokers,
+        "--topic",
+        topic,
+        "--until-end",
+        "--partitions",
+        partitions,
+        "--store",
+        path_str(store),
+    ])
+}
+
 /// How many identity records a replay says it sent.
 fn sent(output: &str) -> u64 {
     output
@@ -393,21 +411,7 @@ fn merges_across_instances_equal_one_instance() {
 
     let (a, b) = (dir.path().join("a.redb"), dir.path().join("b.redb"));
     let brokers = broker.bootstrap();
-    let replay = |store: &Path, partitions: &str| {
-        run_ok(&[
-            "replay",
-            "--from-kafka",
-            "--brokers",
-            &brokers,
-            "--topic",
-            &topic,
-            "--until-end",
-            "--partitions",
-            partitions,
-            "--store",
-            path_str(store),
-        ])
-    };
+    let replay = |store: &Path, partitions: &str| replay_share(&brokers, &topic, store, partitions);
     // Each instance reads its share in turn, until a whole round sends nothing.
     let settle = || {
         let mut total = 0;
@@ -798,5 +802,92 @@ fn a_new_owner_restores_partitions_from_the_changelog() {
         (&first.store, held(&held_a)),
         (&second.store, held(&held_b)),
     ]);
+    assert_same_profiles(&together, &expected);
+}
+
+/// The first id of the form `{prefix}-{n}` whose home among `partitions` is `home`.
+fn id_at_home(prefix: &str, home: u32, partitions: u32) -> String {
+    (0..)
+        .map(|n| format!("{prefix}-{n}"))
+        .find(|id| home_partition(id, partitions) == home)
+        .expect("some id hashes there")
+}
+
+/// What a partition sends must depend on its own records only, not on which other partitions
+/// the store reading it holds: when the partition moves and is rebuilt from the start, the
+/// receivers drop what they already had by origin offset, which is only right if the rebuild
+/// sends the same records.
+///
+/// On a topic of three partitions, the store S reads partition 0 first (an identify linking X,
+/// whose home is partition 1, to C), then 0 and 1: browsing under X, which is in partition 1
+/// before the handoff, must not follow the link S's partition 0 made. T, a new owner of
+/// partition 1 alone, rebuilds it from the start. One store counts the browsing once.
+#[test]
+fn a_partition_rebuilt_elsewhere_sends_what_it_sent_before() {
+    let dir = test_dir();
+    let broker = Broker::memory();
+    let topic = unique("t-rebuild");
+    broker.create_topic(&topic, 3);
+    let customer = id_at_home("cust", 0, 3);
+    let anonymous = id_at_home("anon", 1, 3);
+    let t0 = chrono::Utc
+        .with_ymd_and_hms(2025, 3, 1, 10, 0, 0)
+        .single()
+        .expect("a valid date")
+        .timestamp_millis();
+    let events = vec![
+        event(
+            &anonymous,
+            t0,
+            format!(
+                r#"{{"event_id":"view-1","type":"interaction","ts":"{}","anonymous_id":"{anonymous}","kind":"page_view"}}"#,
+                text(t0)
+            ),
+        ),
+        event(
+            &customer,
+            t0 + 60_000,
+            format!(
+                r#"{{"event_id":"identify-1","type":"identify","ts":"{}","customer_id":"{customer}","anonymous_id":"{anonymous}"}}"#,
+                text(t0 + 60_000)
+            ),
+        ),
+        event(
+            &customer,
+            t0 + 120_000,
+            format!(
+                r#"{{"event_id":"buy-1","type":"purchase","ts":"{}","customer_id":"{customer}","amount":"25.00"}}"#,
+                text(t0 + 120_000)
+            ),
+        ),
+    ];
+    produce(&broker.bootstrap(), &topic, &events);
+
+    let brokers = broker.bootstrap();
+    let replay = |store: &Path, partitions: &str| replay_share(&brokers, &topic, store, partitions);
+    let (s, t) = (dir.path().join("s.redb"), dir.path().join("t.redb"));
+    // S: partition 0 (the identify: a link, and a handoff to partition 1), then both, then 0
+    // again for what partition 1 sent.
+    replay(&s, "0");
+    replay(&s, "0,1");
+    replay(&s, "0");
+    // Partition 1 moves to T, which reads it from the start; S, still owning 0, takes what T
+    // sends.
+    replay(&t, "1");
+    replay(&s, "0");
+    replay(&t, "1");
+
+    let dir_oracle = dir.path().join("oracle");
+    std::fs::create_dir_all(&dir_oracle).expect("an oracle dir");
+    file_oracle(&dir_oracle, &events);
+    let expected = profiles(&dir_oracle.join("oracle.redb"));
+    let mut together = BTreeMap::new();
+    for (store, owned) in [(&s, 0), (&t, 1)] {
+        for (id, (scope, state)) in scoped_profiles(store) {
+            if scope == owned {
+                together.insert(id, state);
+            }
+        }
+    }
     assert_same_profiles(&together, &expected);
 }

@@ -47,8 +47,10 @@ pub struct PartitionImage {
     pub partition: u32,
     /// Profile records (as encoded in `customers`), by canonical id.
     pub profiles: Vec<(String, Vec<u8>)>,
-    /// Alias links; `None` removes the store's link.
+    /// Alias links made by the partition's records; `None`: the link went. They replace every
+    /// link of the partition's scope.
     pub aliases: Vec<(String, Option<String>)>,
+    /// Tombstones of the partition's scope, replacing the store's.
     pub tombstones: Vec<(String, i64)>,
     /// Every contact record of a customer; `None` removes the customer's records.
     pub contacts: Vec<(String, Option<ContactsValue>)>,
@@ -109,25 +111,21 @@ fn write_image(
         customers.insert(id.as_str(), record.as_slice())?;
         stats.profiles += 1;
     }
+    // The partition's links and tombstones are those its records made (their scope), so the
+    // image replaces them whole: a link this store made for the partition in an earlier life,
+    // which the image no longer has, must not be followed.
     let mut aliases = txn.open_table(ALIASES)?;
+    drop_scope(&mut aliases, image.partition)?;
     for (from, to) in &image.aliases {
-        match to {
-            Some(to) => {
-                aliases.insert(from.as_str(), to.as_str())?;
-                stats.aliases += 1;
-            }
-            None => {
-                aliases.remove(from.as_str())?;
-            }
+        if let Some(to) = to {
+            aliases.insert((from.as_str(), image.partition), to.as_str())?;
+            stats.aliases += 1;
         }
     }
     let mut tombstones = txn.open_table(TOMBSTONES)?;
+    drop_scope(&mut tombstones, image.partition)?;
     for (id, at) in &image.tombstones {
-        let at = match tombstones.get(id.as_str())? {
-            Some(old) => old.value().max(*at),
-            None => *at,
-        };
-        tombstones.insert(id.as_str(), at)?;
+        tombstones.insert((id.as_str(), image.partition), *at)?;
     }
     let mut contacts = txn.open_table(OFFER_CONTACTS)?;
     for (customer, records) in &image.contacts {
@@ -170,6 +168,25 @@ fn write_image(
     Ok(stats)
 }
 
+/// Removes every entry of `scope` from a table keyed by (id, scope).
+fn drop_scope<V: redb::Value + 'static>(
+    table: &mut redb::Table<'_, (&'static str, u32), V>,
+    scope: u32,
+) -> Result<()> {
+    let mut stale = Vec::new();
+    for entry in table.iter()? {
+        let (key, _) = entry?;
+        let (id, s) = key.value();
+        if s == scope {
+            stale.push(id.to_owned());
+        }
+    }
+    for id in &stale {
+        table.remove((id.as_str(), scope))?;
+    }
+    Ok(())
+}
+
 impl StoreReader {
     /// The changelog outbox: per checkpoint, the keys it changed, not yet acknowledged.
     pub fn pending_changes(&self) -> Result<Vec<(u64, Vec<ChangedKey>)>> {
@@ -181,9 +198,9 @@ impl StoreReader {
         Ok(self.customers.get(id)?.map(|v| v.value().to_vec()))
     }
 
-    /// The id `id` links to directly, if it is an alias.
-    pub fn alias_of(&self, id: &str) -> Result<Option<String>> {
-        Ok(self.aliases.get(id)?.map(|v| v.value().to_owned()))
+    /// The id `id` links to directly in `scope`, if it is an alias there.
+    pub fn alias_in(&self, id: &str, scope: u32) -> Result<Option<String>> {
+        Ok(self.aliases.get((id, scope))?.map(|v| v.value().to_owned()))
     }
 
     /// Every position whose source starts with `prefix`, for one partition.
@@ -243,7 +260,14 @@ mod tests {
                     ProfileWrite::upsert("stale-in-1", 1, &state(9)),
                     ProfileWrite::upsert("kept-in-0", 0, &state(2)),
                 ],
-                aliases: vec![("anon-x".into(), "stale-in-1".into())],
+                links: vec![
+                    (("anon-x".into(), 1), Some("stale-in-1".into())),
+                    // Made by partition 1's records in an earlier life; the image has no such
+                    // link any more.
+                    (("anon-z".into(), 1), Some("stale-in-1".into())),
+                    (("anon-k".into(), 0), Some("kept-in-0".into())),
+                ],
+                tombstones: vec![(("old".into(), 1), 500), (("kept".into(), 0), 700)],
                 positions: vec![
                     position("kafka:t", 1, 50),
                     position("kafka:t#route-from-0", 1, 7),
@@ -296,9 +320,18 @@ mod tests {
                 .frequency,
             2
         );
-        assert_eq!(r.alias_of("anon-x").unwrap(), None);
-        assert_eq!(r.alias_of("anon-y").unwrap().as_deref(), Some("c-1"));
-        assert_eq!(r.tombstone("gone").unwrap(), Some(1_000));
+        assert_eq!(r.alias_in("anon-x", 1).unwrap(), None);
+        assert_eq!(r.alias_in("anon-z", 1).unwrap(), None, "stale links go");
+        assert_eq!(r.alias_in("anon-y", 1).unwrap().as_deref(), Some("c-1"));
+        assert_eq!(r.alias_in("anon-y", 0).unwrap(), None);
+        assert_eq!(
+            r.resolve("anon-k").unwrap(),
+            "kept-in-0",
+            "other scopes stay"
+        );
+        assert_eq!(r.tombstone_in("gone", 1).unwrap(), Some(1_000));
+        assert_eq!(r.tombstone("old").unwrap(), None, "stale tombstones go");
+        assert_eq!(r.tombstone("kept").unwrap(), Some(700));
         assert_eq!(r.contacts_of("c-1").unwrap().len(), 1);
         let mut of_1: Vec<(String, u64)> = r
             .partition_positions("kafka:t", 1)

@@ -104,12 +104,17 @@ pub struct DailyTotals {
     pub offers_declined: u64,
 }
 
+/// An id as one source partition's records know it: (id, scope). Alias links and tombstones
+/// are kept per scope (see [`crate::tables::ALIASES`]).
+pub type ScopedId = (String, u32);
+
 /// One atomic unit of progress.
 #[derive(Debug, Clone, Default)]
 pub struct Checkpoint {
     pub profiles: Vec<ProfileWrite>,
-    /// (merged id, canonical id) links to add.
-    pub aliases: Vec<(String, String)>,
+    /// Alias links to set (`Some`: the id merged into) or remove (`None`), by (merged id,
+    /// scope) as in [`crate::tables::ALIASES`].
+    pub links: Vec<(ScopedId, Option<String>)>,
     /// Absolute totals for each touched day.
     pub daily: Vec<(i32, DailyTotals)>,
     pub positions: Vec<SourcePosition>,
@@ -124,10 +129,8 @@ pub struct Checkpoint {
     pub routed: Vec<(u64, RoutedRecord)>,
     /// Route outbox entries the source topic has acknowledged, to remove.
     pub routed_delivered: Vec<u64>,
-    /// Alias links to remove (erased ids).
-    pub aliases_removed: Vec<String>,
-    /// Erased ids and their erasure time.
-    pub tombstones: Vec<(String, Millis)>,
+    /// Erased ids, by (id, scope), and their erasure time.
+    pub tombstones: Vec<(ScopedId, Millis)>,
     /// Written when `Some`.
     pub erasures: Option<ErasureCounters>,
     /// Contact histories to write, by (customer id, offer id).
@@ -238,11 +241,11 @@ pub(crate) fn commit(db: &Database, cp: &Checkpoint) -> Result<()> {
             }
         }
         let mut aliases = txn.open_table(ALIASES)?;
-        for (from, to) in &cp.aliases {
-            aliases.insert(from.as_str(), to.as_str())?;
-        }
-        for from in &cp.aliases_removed {
-            aliases.remove(from.as_str())?;
+        for ((from, scope), to) in &cp.links {
+            match to {
+                Some(to) => aliases.insert((from.as_str(), *scope), to.as_str())?,
+                None => aliases.remove((from.as_str(), *scope))?,
+            };
         }
         let mut contacts = txn.open_table(OFFER_CONTACTS)?;
         for customer in &cp.contacts_removed_for {
@@ -262,8 +265,8 @@ pub(crate) fn commit(db: &Database, cp: &Checkpoint) -> Result<()> {
             )?;
         }
         let mut tombstones = txn.open_table(TOMBSTONES)?;
-        for (id, at) in &cp.tombstones {
-            tombstones.insert(id.as_str(), *at)?;
+        for ((id, scope), at) in &cp.tombstones {
+            tombstones.insert((id.as_str(), *scope), *at)?;
         }
         let mut daily = txn.open_table(DAILY)?;
         for (day, totals) in &cp.daily {

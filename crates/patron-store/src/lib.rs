@@ -35,7 +35,7 @@ use redb::ReadableDatabase;
 pub use changelog::{ChangeKind, ChangedKey, PartitionImage, RestoreStats};
 pub use checkpoint::{
     Checkpoint, DailyTotals, DeadLetterRecord, ErasureCounters, ProfileWrite, RouteKind,
-    RoutedRecord, SourcePosition, StoreCounters,
+    RoutedRecord, ScopedId, SourcePosition, StoreCounters,
 };
 pub use offers::{ContactRecord, OfferCounts};
 pub use reader::{StoreReader, StoredProfile};

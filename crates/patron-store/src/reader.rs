@@ -8,8 +8,8 @@ use redb::{ReadOnlyTable, ReadTransaction, ReadableTable};
 
 use crate::Result;
 use crate::checkpoint::{
-    DailyTotals, DeadLetterRecord, ErasureCounters, RoutedRecord, RoutedRecordV1, SourcePosition,
-    StoreCounters, decode_position,
+    DailyTotals, DeadLetterRecord, ErasureCounters, RoutedRecord, RoutedRecordV1, ScopedId,
+    SourcePosition, StoreCounters, decode_position,
 };
 use crate::codec;
 use crate::tables::*;
@@ -41,7 +41,7 @@ pub struct StoreReader {
     /// to that generation.
     generation: u64,
     pub(crate) customers: ReadOnlyTable<&'static str, &'static [u8]>,
-    pub(crate) aliases: ReadOnlyTable<&'static str, &'static str>,
+    pub(crate) aliases: ReadOnlyTable<(&'static str, u32), &'static str>,
     meta: ReadOnlyTable<&'static str, &'static [u8]>,
     /// `None` in a store written before offers existed.
     pub(crate) offer_contacts: Option<PairTable>,
@@ -97,16 +97,27 @@ impl StoreReader {
         Ok(*self.event_clock.get_or_init(|| as_of))
     }
 
-    /// The canonical id `id` resolves to through the alias table (itself when not an alias).
+    /// The canonical id `id` resolves to through the alias table (itself when not an alias),
+    /// following a link of any scope: the links of one id agree on where it went, except for
+    /// a moment while an erasure travels between partitions.
     pub fn resolve(&self, id: &str) -> Result<String> {
         let mut current = id.to_owned();
         for _ in 0..MAX_ALIAS_HOPS {
-            match self.aliases.get(current.as_str())? {
-                Some(next) => current = next.value().to_owned(),
+            match self.link(&current)? {
+                Some(next) => current = next,
                 None => break,
             }
         }
         Ok(current)
+    }
+
+    /// The id `id` links to directly in some scope (the lowest), if it is an alias.
+    fn link(&self, id: &str) -> Result<Option<String>> {
+        let mut links = self.aliases.range((id, 0)..=(id, u32::MAX))?;
+        Ok(links
+            .next()
+            .transpose()?
+            .map(|(_, to)| to.value().to_owned()))
     }
 
     /// The profile for `id`, following aliases.
@@ -176,12 +187,13 @@ impl StoreReader {
         Ok(out)
     }
 
-    /// Every alias link (merged id, canonical id).
-    pub fn all_aliases(&self) -> Result<Vec<(String, String)>> {
+    /// Every alias link ((merged id, scope), the id it was merged into).
+    pub fn all_aliases(&self) -> Result<Vec<(ScopedId, String)>> {
         let mut out = Vec::new();
         for entry in self.aliases.iter()? {
             let (k, v) = entry?;
-            out.push((k.value().to_owned(), v.value().to_owned()));
+            let (id, scope) = k.value();
+            out.push(((id.to_owned(), scope), v.value().to_owned()));
         }
         Ok(out)
     }
@@ -286,29 +298,33 @@ impl StoreReader {
         Ok(out)
     }
 
-    /// Every tombstone (erased id, erasure time in epoch ms). Empty for a store written before
-    /// erasure existed.
-    pub fn all_tombstones(&self) -> Result<Vec<(String, i64)>> {
-        let table = match self.txn.open_table(TOMBSTONES) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
+    /// Every tombstone ((erased id, scope), erasure time in epoch ms).
+    pub fn all_tombstones(&self) -> Result<Vec<(ScopedId, i64)>> {
+        let table = self.txn.open_table(TOMBSTONES)?;
         let mut out = Vec::new();
         for entry in table.iter()? {
             let (k, v) = entry?;
-            out.push((k.value().to_owned(), v.value()));
+            let (id, scope) = k.value();
+            out.push(((id.to_owned(), scope), v.value()));
         }
         Ok(out)
     }
 
-    /// When `id` was erased, if it was.
+    /// When `id` was erased (the latest erasure any scope holds), if it was.
     pub fn tombstone(&self, id: &str) -> Result<Option<i64>> {
-        match self.txn.open_table(TOMBSTONES) {
-            Ok(t) => Ok(t.get(id)?.map(|v| v.value())),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-            Err(e) => Err(e.into()),
+        let table = self.txn.open_table(TOMBSTONES)?;
+        let mut latest = None;
+        for entry in table.range((id, 0)..=(id, u32::MAX))? {
+            let at = entry?.1.value();
+            latest = Some(latest.map_or(at, |l: i64| l.max(at)));
         }
+        Ok(latest)
+    }
+
+    /// The tombstone on `id` in one scope.
+    pub fn tombstone_in(&self, id: &str, scope: u32) -> Result<Option<i64>> {
+        let table = self.txn.open_table(TOMBSTONES)?;
+        Ok(table.get((id, scope))?.map(|v| v.value()))
     }
 
     pub fn erasures(&self) -> Result<ErasureCounters> {

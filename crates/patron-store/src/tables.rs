@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, TableDefinition, TableHandle};
 
 use crate::{Result, StoreError};
 
@@ -11,8 +11,19 @@ pub const FORMAT_VERSION: u32 = 1;
 
 /// customer_id -> [`crate::codec`] profile record (owning source partition + state).
 pub const CUSTOMERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("customers");
-/// merged id (anonymous or previous id) -> canonical customer_id.
-pub const ALIASES: TableDefinition<'_, &str, &str> = TableDefinition::new("aliases");
+/// (merged id, scope) -> the id it was merged into. The scope is the source partition whose
+/// records made the link: with identity routing, a partition's records follow only the links
+/// its own records made, so what a partition does is a function of its log whatever else the
+/// store holds (docs/ARCHITECTURE.md, Identity). [`LEGACY_SCOPE`] holds links of a store
+/// written before scopes.
+pub const ALIASES: TableDefinition<'_, (&str, u32), &str> = TableDefinition::new("alias_links");
+/// The scope of links and tombstones carried over from a store written before they were kept
+/// per partition (the tables `aliases` and `tombstones`).
+pub const LEGACY_SCOPE: u32 = u32::MAX;
+/// Before scopes: merged id -> the id it was merged into. Moved to [`ALIASES`] on open.
+const UNSCOPED_ALIASES: TableDefinition<'_, &str, &str> = TableDefinition::new("aliases");
+/// Before scopes: erased id -> erasure time. Moved to [`TOMBSTONES`] on open.
+const UNSCOPED_TOMBSTONES: TableDefinition<'_, &str, i64> = TableDefinition::new("tombstones");
 /// (source, partition) -> position record (next offset and the log's incarnation).
 pub const POSITIONS: TableDefinition<'_, (&str, u32), &[u8]> = TableDefinition::new("positions");
 /// Epoch day -> daily totals record.
@@ -28,9 +39,10 @@ pub const ROUTE_OUTBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("
 /// partition), removed once the changelog topic holds their values and a position marker.
 pub const CHANGELOG_OUTBOX: TableDefinition<'_, u64, &[u8]> =
     TableDefinition::new("changelog_outbox");
-/// Erased ids (canonical and aliases) -> erasure time (epoch ms). Events for such an id with a
-/// `ts` at or before it are dropped, so a replay of old events cannot bring the customer back.
-pub const TOMBSTONES: TableDefinition<'_, &str, i64> = TableDefinition::new("tombstones");
+/// (erased id, scope) -> erasure time (epoch ms); ids are canonical ids and their aliases, and
+/// the scope is as in [`ALIASES`]. Events for such an id with a `ts` at or before it are
+/// dropped, so a replay of old events cannot bring the customer back.
+pub const TOMBSTONES: TableDefinition<'_, (&str, u32), i64> = TableDefinition::new("id_tombstones");
 /// Offer catalog: offer id -> the offer as JSON (the `[[offers]]` fields).
 pub const OFFER_CATALOG: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("offer_catalog");
 /// (customer id, offer id) -> [`crate::ContactRecord`]: recent impressions and the last decline,
@@ -75,7 +87,12 @@ pub(crate) fn initialise(db: &Database, path: &Path) -> Result<()> {
                     expected: FORMAT_VERSION,
                 });
             }
-            if read.open_table(DEAD_LETTERS).is_ok()
+            let unscoped = read
+                .list_tables()?
+                .any(|t| matches!(t.name(), "aliases" | "tombstones"));
+            if !unscoped
+                && read.open_table(ALIASES).is_ok()
+                && read.open_table(DEAD_LETTERS).is_ok()
                 && read.open_table(TOMBSTONES).is_ok()
                 && read.open_table(OFFER_CATALOG).is_ok()
                 && read.open_table(OFFER_CONTACTS).is_ok()
@@ -86,10 +103,12 @@ pub(crate) fn initialise(db: &Database, path: &Path) -> Result<()> {
             {
                 return Ok(());
             }
-            // A store from before the outbox, tombstones or offers: add the tables.
+            // A store from before the outbox, tombstones, offers or scoped links: add the
+            // tables, and move unscoped links and tombstones into theirs.
             drop(read);
             let write = db.begin_write()?;
             open_later_tables(&write)?;
+            scope_identity_tables(&write)?;
             write.commit()?;
             return Ok(());
         }
@@ -97,7 +116,6 @@ pub(crate) fn initialise(db: &Database, path: &Path) -> Result<()> {
     let write = db.begin_write()?;
     {
         write.open_table(CUSTOMERS)?;
-        write.open_table(ALIASES)?;
         write.open_table(POSITIONS)?;
         write.open_table(DAILY)?;
         open_later_tables(&write)?;
@@ -110,6 +128,7 @@ pub(crate) fn initialise(db: &Database, path: &Path) -> Result<()> {
 
 /// Tables added after format version 1 was fixed; created on open when missing.
 fn open_later_tables(write: &redb::WriteTransaction) -> Result<()> {
+    write.open_table(ALIASES)?;
     write.open_table(DEAD_LETTERS)?;
     write.open_table(TOMBSTONES)?;
     write.open_table(OFFER_CATALOG)?;
@@ -119,4 +138,92 @@ fn open_later_tables(write: &redb::WriteTransaction) -> Result<()> {
     write.open_table(ROUTE_OUTBOX)?;
     write.open_table(CHANGELOG_OUTBOX)?;
     Ok(())
+}
+
+/// Moves the links and tombstones of a store written before scopes into the scoped tables,
+/// under [`LEGACY_SCOPE`], and drops the old tables.
+fn scope_identity_tables(write: &redb::WriteTransaction) -> Result<()> {
+    use redb::ReadableTable;
+    let names: Vec<String> = write.list_tables()?.map(|t| t.name().to_owned()).collect();
+    if names.iter().any(|n| n == "aliases") {
+        let old = write.open_table(UNSCOPED_ALIASES)?;
+        let mut new = write.open_table(ALIASES)?;
+        for entry in old.iter()? {
+            let (from, to) = entry?;
+            new.insert((from.value(), LEGACY_SCOPE), to.value())?;
+        }
+        drop((old, new));
+        write.delete_table(UNSCOPED_ALIASES)?;
+    }
+    if names.iter().any(|n| n == "tombstones") {
+        let old = write.open_table(UNSCOPED_TOMBSTONES)?;
+        let mut new = write.open_table(TOMBSTONES)?;
+        for entry in old.iter()? {
+            let (id, at) = entry?;
+            new.insert((id.value(), LEGACY_SCOPE), at.value())?;
+        }
+        drop((old, new));
+        write.delete_table(UNSCOPED_TOMBSTONES)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Store;
+
+    /// A store written before scopes: its links and tombstones carry over under the legacy
+    /// scope, and the old tables go.
+    #[test]
+    fn unscoped_links_and_tombstones_move_to_the_legacy_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let write = db.begin_write().unwrap();
+            {
+                let mut meta = write.open_table(META).unwrap();
+                meta.insert(META_FORMAT, 1u32.to_le_bytes().as_slice())
+                    .unwrap();
+                write.open_table(CUSTOMERS).unwrap();
+                write.open_table(POSITIONS).unwrap();
+                write.open_table(DAILY).unwrap();
+                let mut aliases = write.open_table(UNSCOPED_ALIASES).unwrap();
+                aliases.insert("anon-1", "carol").unwrap();
+                aliases.insert("carol", "carol-renamed").unwrap();
+                let mut tombstones = write.open_table(UNSCOPED_TOMBSTONES).unwrap();
+                tombstones.insert("gone", 1_234).unwrap();
+            }
+            write.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let r = store.reader().unwrap();
+        assert_eq!(r.resolve("anon-1").unwrap(), "carol-renamed");
+        assert_eq!(
+            r.all_aliases().unwrap(),
+            vec![
+                (("anon-1".to_owned(), LEGACY_SCOPE), "carol".to_owned()),
+                (
+                    ("carol".to_owned(), LEGACY_SCOPE),
+                    "carol-renamed".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(r.tombstone("gone").unwrap(), Some(1_234));
+        assert_eq!(r.tombstone_in("gone", LEGACY_SCOPE).unwrap(), Some(1_234));
+        drop(r);
+        drop(store);
+        let db = Database::open(&path).unwrap();
+        let read = db.begin_read().unwrap();
+        let names: Vec<String> = read
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n == "aliases" || n == "tombstones"),
+            "{names:?}"
+        );
+    }
 }

@@ -17,12 +17,13 @@ use patron_store::tables::META_CHANGELOG_SEQ;
 use patron_store::{
     ChangeKind, ChangedKey, Checkpoint, ContactRecord, DailyTotals, DeadLetterRecord,
     ErasureCounters, OfferCounts, PartitionImage, ProfileWrite, RestoreStats, RoutedRecord,
-    SourcePosition, Store, StoreCounters, StoreReader,
+    ScopedId, SourcePosition, Store, StoreCounters, StoreReader,
 };
 use rayon::prelude::*;
 
 use crate::Result;
 
+mod identity;
 mod route;
 
 pub use route::{Placement, home_partition};
@@ -47,12 +48,14 @@ pub struct Applier {
     ctx: ApplyContext,
     /// Hashed with foldhash rather than SipHash: every applied event looks its profile up.
     profiles: HashMap<String, CachedProfile, foldhash::fast::RandomState>,
-    /// Every alias link, held in memory so resolving an id never touches the store. Links are
-    /// few next to profiles (only merged ids have one).
-    aliases: HashMap<String, String>,
-    new_aliases: Vec<(String, String)>,
-    /// Erased ids and when; like aliases, few and held in memory.
-    tombstones: HashMap<String, Millis>,
+    /// Every alias link by (merged id, scope) (see [`identity`]), held in memory so resolving an
+    /// id never touches the store. Links are few next to profiles (only merged ids have one).
+    aliases: identity::Scoped<String>,
+    /// Erased ids and when, by scope; like links, few and held in memory.
+    tombstones: identity::Scoped<Millis>,
+    /// Links and tombstones changed since the last checkpoint.
+    dirty_links: HashSet<ScopedId>,
+    dirty_tombstones: HashSet<ScopedId>,
     erasure: ErasureChanges,
     offers: OfferChanges,
     daily: HashMap<i32, DailyTotals>,
@@ -90,8 +93,6 @@ struct OfferChanges {
 #[derive(Default)]
 struct ErasureChanges {
     counters: ErasureCounters,
-    tombstones: Vec<(String, Millis)>,
-    aliases_removed: Vec<String>,
     dirty: bool,
 }
 
@@ -120,8 +121,9 @@ impl Applier {
             ctx,
             profiles: HashMap::default(),
             aliases,
-            new_aliases: Vec::new(),
             tombstones,
+            dirty_links: HashSet::new(),
+            dirty_tombstones: HashSet::new(),
             erasure,
             offers: OfferChanges::default(),
             daily: HashMap::new(),
@@ -166,7 +168,11 @@ impl Applier {
 
     /// Notes that `key` changed, as state of the partition whose record is being applied.
     fn changed(&mut self, kind: ChangeKind, key: &str) {
-        let partition = self.origin_partition();
+        self.changed_in(self.origin_partition(), kind, key);
+    }
+
+    /// Notes that `key` changed, as state of `partition`.
+    fn changed_in(&mut self, partition: u32, kind: ChangeKind, key: &str) {
         if let Some(c) = &mut self.changes {
             c.keys.insert(ChangedKey {
                 partition,
@@ -293,17 +299,6 @@ impl Applier {
     /// A read snapshot as of the last checkpoint.
     pub fn snapshot(&self) -> &StoreReader {
         &self.snapshot
-    }
-
-    fn resolve(&self, id: &str) -> String {
-        let mut current = id;
-        for _ in 0..32 {
-            match self.aliases.get(current) {
-                Some(next) => current = next,
-                None => break,
-            }
-        }
-        current.to_owned()
     }
 
     fn load(&mut self, id: &str, scope: u32) -> Result<&mut CachedProfile> {
@@ -470,7 +465,7 @@ impl Applier {
         }
         std::iter::once(event.profile_id())
             .chain(event.merged_id())
-            .any(|id| self.tombstones.get(id).is_some_and(|at| event.ts <= *at))
+            .any(|id| self.tombstone_of(id).is_some_and(|at| event.ts <= at))
     }
 
     /// Erases the customer `target` resolves to (`target` is `id`, or the canonical id another
@@ -487,44 +482,50 @@ impl Applier {
         ids.sort_unstable();
         ids.dedup();
         for erased in &ids {
-            let entry = self.load(erased, scope)?;
-            if let Some(gone) = entry.state.take() {
-                entry.dirty = true;
-                // The customer count per first-purchase day follows the profiles; revenue and
-                // orders stay (aggregates, not personal data).
-                if let Some(first) = gone.first_purchase {
-                    self.day(day_index(first))?.new_customers -= 1;
+            // With routing, a profile homed in another partition is that partition's to drop
+            // (a merge still travelling is dropped on arrival, see `route`), whatever this
+            // store holds of it.
+            if self.homed_here(erased) {
+                let entry = self.load(erased, scope)?;
+                if let Some(gone) = entry.state.take() {
+                    entry.dirty = true;
+                    // The customer count per first-purchase day follows the profiles; revenue
+                    // and orders stay (aggregates, not personal data).
+                    if let Some(first) = gone.first_purchase {
+                        self.day(day_index(first))?.new_customers -= 1;
+                    }
                 }
             }
             self.forget(erased, at);
         }
         self.forget_elsewhere(&ids, at);
-        self.offers.contacts.retain(|(c, _), _| !ids.contains(c));
-        for erased in &ids {
-            self.changed(ChangeKind::Contacts, erased);
-        }
-        self.offers.erased.extend(ids.iter().cloned());
+        self.drop_contacts(&ids);
         self.erasure.counters.customers += 1;
         self.erasure.counters.ids += ids.len() as u64;
         self.erasure.dirty = true;
         Ok(())
     }
 
+    /// Drops the contact histories of those of `ids` homed here (every one without routing):
+    /// an erasure's, at the customer's home and at each other id's.
+    fn drop_contacts(&mut self, ids: &[String]) {
+        let here: Vec<String> = ids
+            .iter()
+            .filter(|id| self.homed_here(id))
+            .cloned()
+            .collect();
+        self.offers.contacts.retain(|(c, _), _| !here.contains(c));
+        for erased in &here {
+            self.changed(ChangeKind::Contacts, erased);
+        }
+        self.offers.erased.extend(here);
+    }
+
     /// Drops `id`'s link and keeps a tombstone on it at `at` (or later), so its old events are
     /// dropped: for every id an erasure covers, and where an erasure passes through.
     fn forget(&mut self, id: &str, at: Millis) {
-        if self.aliases.remove(id).is_some() {
-            self.erasure.aliases_removed.push(id.to_owned());
-        }
-        // Noted even when the link is already gone here: it may have gone with another
-        // partition's record, and this partition's changelog must say so too.
-        self.changed(ChangeKind::Alias, id);
-        self.new_aliases.retain(|(from, _)| from != id);
-        let at = self.tombstones.get(id).map_or(at, |t| (*t).max(at));
-        self.tombstones.insert(id.to_owned(), at);
-        self.erasure.tombstones.push((id.to_owned(), at));
+        self.put_tombstone(id, at);
         self.erasure.dirty = true;
-        self.changed(ChangeKind::Tombstone, id);
     }
 
     /// Keeps `new_customers` per day right when a profile's first purchase appears or moves.
@@ -606,9 +607,7 @@ impl Applier {
             {
                 s.add_alias(id.to_owned());
             }
-            self.aliases.insert(id.to_owned(), canonical.to_owned());
-            self.new_aliases.push((id.to_owned(), canonical.to_owned()));
-            self.changed(ChangeKind::Alias, id);
+            self.put_link(id, canonical);
         }
     }
 
@@ -650,7 +649,7 @@ impl Applier {
                 ));
             }
         }
-        cp.aliases = std::mem::take(&mut self.new_aliases);
+        self.stage_identity_changes(&mut cp);
         cp.daily = self
             .dirty_days
             .drain()
@@ -668,8 +667,6 @@ impl Applier {
         cp.offer_counts = self.offers.counts.drain().collect();
         cp.contacts_removed_for = std::mem::take(&mut self.offers.erased);
         if std::mem::take(&mut self.erasure.dirty) {
-            cp.tombstones = std::mem::take(&mut self.erasure.tombstones);
-            cp.aliases_removed = std::mem::take(&mut self.erasure.aliases_removed);
             cp.erasures = Some(self.erasure.counters.clone());
         }
         self.store.commit(&cp)?;

@@ -43,6 +43,8 @@ pub fn home_partition(key: &str, partitions: u32) -> u32 {
 pub(super) struct Routes {
     /// The topic's partition count while routing is on.
     partitions: Option<u32>,
+    /// The topic's partition count when known, routing or not (see [`super::identity`]).
+    pub(super) count: Option<u32>,
     /// The source record being applied (partition, offset): the origin of what it routes.
     origin: (u32, u64),
     /// Produced since the last [`Applier::take_routed`].
@@ -63,6 +65,15 @@ impl Applier {
     /// every merge is done in this store).
     pub fn set_routing(&mut self, partitions: Option<u32>) {
         self.routes.partitions = partitions.filter(|n| *n > 1);
+        if partitions.is_some() {
+            self.routes.count = partitions;
+        }
+    }
+
+    /// The source topic's partition count, known with or without routing: a writer without
+    /// routing puts links and tombstones where routing would too (see [`super::identity`]).
+    pub fn set_partition_count(&mut self, count: u32) {
+        self.routes.count = (count > 0).then_some(count);
     }
 
     pub fn routing(&self) -> bool {
@@ -122,7 +133,7 @@ impl Applier {
     /// in one store, it starts afresh under its own id.
     pub fn bounce_target(&self, key: &str, event: &Event) -> Option<String> {
         let own = event.profile_id();
-        let erased_before = self.tombstones.get(key).is_some_and(|at| *at < event.ts);
+        let erased_before = self.tombstone_of(key).is_some_and(|at| at < event.ts);
         (erased_before && own != key && self.resolve(own) != self.resolve(key))
             .then(|| own.to_owned())
     }
@@ -162,12 +173,21 @@ impl Applier {
         }
     }
 
-    /// A forget record: drops the links of `ids`, and tombstones them at `at`.
+    /// A forget record: drops the links of `ids`, tombstones them at `at`, and drops the
+    /// contact histories of those homed here.
     pub fn forget_routed(&mut self, at: Millis, ids: &[String]) {
         self.uncommitted += 1;
         for id in ids {
             self.forget(id, at);
         }
+        self.drop_contacts(ids);
+    }
+
+    /// Whether `id`'s state is this partition's: its home is the partition of the record being
+    /// applied, or there is no routing (one writer holds every id).
+    pub(super) fn homed_here(&self, id: &str) -> bool {
+        self.home(id)
+            .is_none_or(|home| home == self.origin_partition())
     }
 
     /// Counts an identity record dropped as a copy of one applied before.
@@ -201,7 +221,7 @@ impl Applier {
     fn erased_since(&self, ids: &[&str], at: Option<Millis>) -> Option<Millis> {
         let at = at?;
         ids.iter()
-            .filter_map(|id| self.tombstones.get(*id).copied())
+            .filter_map(|id| self.tombstone_of(id))
             .filter(|erased| *erased >= at)
             .max()
     }

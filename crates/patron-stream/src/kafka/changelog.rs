@@ -542,8 +542,10 @@ fn value_of(
         ChangeKind::Profile => snapshot
             .profile_record(key)?
             .filter(|r| codec::profile_scope(key, r).is_ok_and(|s| s == partition)),
-        ChangeKind::Alias => snapshot.alias_of(key)?.map(String::into_bytes),
-        ChangeKind::Tombstone => snapshot.tombstone(key)?.map(|at| codec::encode(&at)),
+        ChangeKind::Alias => snapshot.alias_in(key, partition)?.map(String::into_bytes),
+        ChangeKind::Tombstone => snapshot
+            .tombstone_in(key, partition)?
+            .map(|at| codec::encode(&at)),
         ChangeKind::Contacts => {
             let records = snapshot.contacts_of(key)?;
             (!records.is_empty()).then(|| codec::encode(&records))

@@ -1166,6 +1166,7 @@ impl Writer {
         if partition_count == 0 {
             return; // Unknown (no metadata): a guess would move state between modes.
         }
+        self.applier.set_partition_count(partition_count);
         let routing = match self.mode {
             Mode::Follow => partition_count > 1,
             Mode::UntilEnd => (self.owned.len() as u32) < partition_count,

@@ -1,0 +1,319 @@
+//! Alias links and tombstones, each kept under a **scope**: the source partition whose records
+//! made it.
+//!
+//! With identity routing, a record sees only the links and tombstones of its own partition. What
+//! a partition applies and what it routes is then a function of its own log (its events and the
+//! identity records routed into it), whatever else the store holds or held. That is what lets a
+//! partition move: its new owner, rebuilding it from the start or from the changelog, sends the
+//! same identity records as before, and the receivers' origin marks drop exactly the copies.
+//! Were the links store-wide, a store holding a customer's partition would forward browsing
+//! under a linked anonymous id that a store holding only the anonymous id's partition applies
+//! in place, and a rebuild would count it twice (`tests/identity_scale_out.rs`,
+//! `a_partition_rebuilt_elsewhere_sends_what_it_sent_before`).
+//!
+//! Without routing one writer holds every id and sees every scope. When it knows the topic's
+//! partition count (`replay --from-kafka` of every partition) it also puts each link and
+//! tombstone in the id's home scope, where routing would have put it with the handoff or the
+//! forget, so `serve` can carry on from the store with routing on.
+//!
+//! A store written before scopes keeps its links and tombstones under
+//! [`patron_store::tables::LEGACY_SCOPE`]; every record sees them.
+
+use std::collections::HashMap;
+
+use patron_core::time::Millis;
+use patron_store::tables::LEGACY_SCOPE;
+use patron_store::{ChangeKind, Checkpoint, ScopedId};
+
+use super::{Applier, home_partition};
+
+/// Values by id, each under one or more scopes (a link usually has one or two).
+pub(super) struct Scoped<T> {
+    by_id: HashMap<String, Vec<(u32, T)>>,
+}
+
+impl<T> Default for Scoped<T> {
+    fn default() -> Self {
+        Self {
+            by_id: HashMap::new(),
+        }
+    }
+}
+
+impl<T> FromIterator<(ScopedId, T)> for Scoped<T> {
+    fn from_iter<I: IntoIterator<Item = (ScopedId, T)>>(iter: I) -> Self {
+        let mut out = Self::default();
+        for ((id, scope), value) in iter {
+            out.insert(&id, scope, value);
+        }
+        out
+    }
+}
+
+impl<T> Scoped<T> {
+    pub(super) fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    pub(super) fn get(&self, id: &str, scope: u32) -> Option<&T> {
+        self.by_id
+            .get(id)?
+            .iter()
+            .find(|(s, _)| *s == scope)
+            .map(|(_, v)| v)
+    }
+
+    /// Every scope's value of `id`, lowest scope first.
+    fn all(&self, id: &str) -> impl Iterator<Item = (u32, &T)> {
+        self.by_id
+            .get(id)
+            .into_iter()
+            .flatten()
+            .map(|(s, v)| (*s, v))
+    }
+
+    pub(super) fn insert(&mut self, id: &str, scope: u32, value: T) {
+        let entries = self.by_id.entry(id.to_owned()).or_default();
+        match entries.iter_mut().find(|(s, _)| *s == scope) {
+            Some(entry) => entry.1 = value,
+            None => {
+                entries.push((scope, value));
+                entries.sort_unstable_by_key(|(s, _)| *s);
+            }
+        }
+    }
+
+    pub(super) fn remove(&mut self, id: &str, scope: u32) -> Option<T> {
+        let entries = self.by_id.get_mut(id)?;
+        let at = entries.iter().position(|(s, _)| *s == scope)?;
+        let (_, value) = entries.remove(at);
+        if entries.is_empty() {
+            self.by_id.remove(id);
+        }
+        Some(value)
+    }
+}
+
+/// Which scopes the record being applied sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sight {
+    /// Routing: its own partition's (and the legacy scope).
+    Partition(u32),
+    /// No routing: every scope.
+    Whole,
+}
+
+impl Applier {
+    fn sight(&self) -> Sight {
+        if self.routing() {
+            Sight::Partition(self.origin_partition())
+        } else {
+            Sight::Whole
+        }
+    }
+
+    fn sees(&self, scope: u32) -> bool {
+        match self.sight() {
+            Sight::Partition(p) => scope == p || scope == LEGACY_SCOPE,
+            Sight::Whole => true,
+        }
+    }
+
+    /// The id `id` links to directly, as the record being applied sees it.
+    pub(super) fn link_of(&self, id: &str) -> Option<&str> {
+        self.aliases
+            .all(id)
+            .find(|(scope, _)| self.sees(*scope))
+            .map(|(_, to)| to.as_str())
+    }
+
+    /// The latest erasure of `id`, as the record being applied sees it.
+    pub(super) fn tombstone_of(&self, id: &str) -> Option<Millis> {
+        self.tombstones
+            .all(id)
+            .filter(|(scope, _)| self.sees(*scope))
+            .map(|(_, at)| *at)
+            .max()
+    }
+
+    /// The canonical id `id` resolves to through the links the record being applied sees.
+    pub(super) fn resolve(&self, id: &str) -> String {
+        let mut current = id;
+        for _ in 0..32 {
+            match self.link_of(current) {
+                Some(next) => current = next,
+                None => break,
+            }
+        }
+        current.to_owned()
+    }
+
+    /// The scopes a new link or tombstone of `id` goes in: the partition of the record being
+    /// applied; without routing, also `id`'s home when the partition count is known.
+    fn write_scopes(&self, id: &str) -> Vec<u32> {
+        let mut scopes = vec![self.origin_partition()];
+        if let (Sight::Whole, Some(count)) = (self.sight(), self.routes.count) {
+            let home = home_partition(id, count);
+            if home != scopes[0] {
+                scopes.push(home);
+            }
+        }
+        scopes
+    }
+
+    /// Links `id` to `canonical` where the record being applied makes links.
+    pub(super) fn put_link(&mut self, id: &str, canonical: &str) {
+        for scope in self.write_scopes(id) {
+            self.aliases.insert(id, scope, canonical.to_owned());
+            self.dirty_links.insert((id.to_owned(), scope));
+            self.changed_in(scope, ChangeKind::Alias, id);
+        }
+    }
+
+    /// Drops `id`'s links the record being applied sees, and keeps a tombstone on it at `at`
+    /// (or later) where it makes them. The link is noted as changed even when it is already
+    /// gone here: it may have gone with another record, and the changelog must say so too.
+    pub(super) fn put_tombstone(&mut self, id: &str, at: Millis) {
+        let seen: Vec<u32> = self
+            .aliases
+            .all(id)
+            .map(|(scope, _)| scope)
+            .filter(|scope| self.sees(*scope))
+            .collect();
+        for scope in seen {
+            self.aliases.remove(id, scope);
+            self.dirty_links.insert((id.to_owned(), scope));
+            if scope != LEGACY_SCOPE {
+                self.changed_in(scope, ChangeKind::Alias, id);
+            }
+        }
+        for scope in self.write_scopes(id) {
+            self.changed_in(scope, ChangeKind::Alias, id);
+            let at = self.tombstones.get(id, scope).map_or(at, |t| (*t).max(at));
+            self.tombstones.insert(id, scope, at);
+            self.dirty_tombstones.insert((id.to_owned(), scope));
+            self.changed_in(scope, ChangeKind::Tombstone, id);
+        }
+    }
+
+    /// Puts the links and tombstones changed since the last checkpoint into `cp` (a link that
+    /// went as `None`).
+    pub(super) fn stage_identity_changes(&mut self, cp: &mut Checkpoint) {
+        cp.links = self
+            .dirty_links
+            .drain()
+            .map(|(id, scope)| {
+                let to = self.aliases.get(&id, scope).cloned();
+                ((id, scope), to)
+            })
+            .collect();
+        cp.tombstones = self
+            .dirty_tombstones
+            .drain()
+            .filter_map(|(id, scope)| {
+                let at = *self.tombstones.get(&id, scope)?;
+                Some(((id, scope), at))
+            })
+            .collect();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use patron_core::decode::Decoder;
+    use patron_core::event::Event;
+    use patron_core::state::ApplyContext;
+    use patron_core::time::now_millis;
+    use patron_store::Store;
+
+    use super::super::Placement;
+    use super::*;
+
+    const PARTITIONS: u32 = 4;
+
+    fn id_at_home(prefix: &str, home: u32) -> String {
+        (0..)
+            .map(|n| format!("{prefix}-{n}"))
+            .find(|id| home_partition(id, PARTITIONS) == home)
+            .expect("some id hashes there")
+    }
+
+    fn identify(customer: &str, anonymous: &str) -> Event {
+        let json = format!(
+            r#"{{"type":"identify","event_id":"i-1","ts":"2025-03-01T10:00:00Z","customer_id":"{customer}","anonymous_id":"{anonymous}"}}"#
+        );
+        Decoder::default()
+            .decode(json.as_bytes(), now_millis())
+            .expect("a valid identify")
+    }
+
+    fn applier(dir: &tempfile::TempDir) -> Applier {
+        let store = Store::open(dir.path().join("state.redb")).expect("a store");
+        Applier::open(store, ApplyContext::default()).expect("an applier")
+    }
+
+    /// With routing, partition 1 does not follow the link partition 0's identify made; it
+    /// learns it from the handoff, in its own log.
+    #[test]
+    fn a_partition_follows_only_the_links_its_own_records_made() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut a = applier(&dir);
+        a.set_routing(Some(PARTITIONS));
+        let (customer, anonymous) = (id_at_home("cust", 0), id_at_home("anon", 1));
+        a.set_origin(0, 0);
+        a.apply_placed(&identify(&customer, &anonymous), 0, &customer)
+            .expect("applied");
+        assert_eq!(
+            a.place(&anonymous, 0),
+            Placement::Here(customer.clone()),
+            "partition 0 follows its link"
+        );
+        a.set_origin(1, 0);
+        assert_eq!(a.place(&anonymous, 1), Placement::Here(anonymous.clone()));
+        a.handoff(&anonymous, &customer, 1, None).expect("handoff");
+        assert_eq!(a.place(&anonymous, 1), Placement::Forward(customer.clone()));
+        a.checkpoint().expect("a checkpoint");
+        let links = a.snapshot().all_aliases().expect("links");
+        assert_eq!(
+            links,
+            vec![
+                ((anonymous.clone(), 0), customer.clone()),
+                ((anonymous.clone(), 1), customer.clone())
+            ]
+        );
+    }
+
+    /// Without routing one writer sees every link; knowing the partition count, it also puts
+    /// a link in the merged id's home scope, so `serve` can carry on from the store with routing.
+    #[test]
+    fn a_writer_without_routing_links_where_routing_would() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut a = applier(&dir);
+        a.set_partition_count(PARTITIONS);
+        let (customer, anonymous) = (id_at_home("cust", 2), id_at_home("anon", 3));
+        a.set_origin(2, 0);
+        a.apply(&identify(&customer, &anonymous), 2)
+            .expect("applied");
+        a.set_origin(3, 0);
+        assert_eq!(a.resolve(&anonymous), customer, "every scope is seen");
+        a.set_routing(Some(PARTITIONS));
+        assert_eq!(a.place(&anonymous, 3), Placement::Forward(customer.clone()));
+        a.set_origin(1, 0);
+        assert_eq!(a.resolve(&anonymous), anonymous, "partition 1 made no link");
+    }
+
+    #[test]
+    fn scoped_values_are_kept_apart_and_listed_lowest_scope_first() {
+        let mut links: Scoped<String> = Scoped::default();
+        links.insert("anon", 3, "c".into());
+        links.insert("anon", 1, "b".into());
+        links.insert("anon", 3, "d".into());
+        assert_eq!(links.get("anon", 3).map(String::as_str), Some("d"));
+        let all: Vec<(u32, &str)> = links.all("anon").map(|(s, v)| (s, v.as_str())).collect();
+        assert_eq!(all, vec![(1, "b"), (3, "d")]);
+        assert_eq!(links.remove("anon", 1).as_deref(), Some("b"));
+        assert_eq!(links.remove("anon", 1), None);
+        assert_eq!(links.remove("anon", 3).as_deref(), Some("d"));
+        assert!(links.is_empty(), "an id without values is dropped");
+    }
+}
