@@ -6,8 +6,13 @@ use redb::{Database, ReadableDatabase, TableDefinition, TableHandle};
 
 use crate::{Result, StoreError};
 
-/// Bumped on any incompatible change to a table or record encoding.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped on any incompatible change to a table or record encoding. Version 2 keeps links and
+/// tombstones per scope (`alias_links`, `id_tombstones`); a version 1 store is moved to it on
+/// open, and a build that reads only version 1 refuses the result rather than run without its
+/// links.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format this build opens (and moves to [`FORMAT_VERSION`]).
+const OLDEST_FORMAT: u32 = 1;
 
 /// customer_id -> [`crate::codec`] profile record (owning source partition + state).
 pub const CUSTOMERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("customers");
@@ -80,7 +85,7 @@ pub(crate) fn initialise(db: &Database, path: &Path) -> Result<()> {
         {
             let bytes = v.value();
             let found = u32::from_le_bytes(bytes.try_into().unwrap_or([0; 4]));
-            if found != FORMAT_VERSION {
+            if !(OLDEST_FORMAT..=FORMAT_VERSION).contains(&found) {
                 return Err(StoreError::Version {
                     path: path.to_path_buf(),
                     found,
@@ -91,6 +96,7 @@ pub(crate) fn initialise(db: &Database, path: &Path) -> Result<()> {
                 .list_tables()?
                 .any(|t| matches!(t.name(), "aliases" | "tombstones"));
             if !unscoped
+                && found == FORMAT_VERSION
                 && read.open_table(ALIASES).is_ok()
                 && read.open_table(DEAD_LETTERS).is_ok()
                 && read.open_table(TOMBSTONES).is_ok()
@@ -109,6 +115,10 @@ pub(crate) fn initialise(db: &Database, path: &Path) -> Result<()> {
             let write = db.begin_write()?;
             open_later_tables(&write)?;
             scope_identity_tables(&write)?;
+            {
+                let mut meta = write.open_table(META)?;
+                meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
+            }
             write.commit()?;
             return Ok(());
         }
@@ -225,5 +235,8 @@ mod tests {
             !names.iter().any(|n| n == "aliases" || n == "tombstones"),
             "{names:?}"
         );
+        let meta = read.open_table(META).unwrap();
+        let version = meta.get(META_FORMAT).unwrap().unwrap().value().to_vec();
+        assert_eq!(version, 2u32.to_le_bytes(), "moved to format 2");
     }
 }
