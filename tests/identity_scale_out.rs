@@ -68,10 +68,10 @@ fn daily(store: &Path) -> BTreeMap<i32, DailyTotals> {
         .collect()
 }
 
-/// One instance's turn: `patron replay --from-kafka --until-end` of `partitions` into `store`;
-/// its output.
+/// One instance's turn: `patron replay --from-kafka --until-end` of `partitions` into `store`
+/// (every partition when `partitions` is empty); its output.
 fn replay_share(brokers: &str, topic: &str, store: &Path, partitions: &str) -> String {
-    run_ok(&[
+    let mut args = vec![
         "replay",
         "--from-kafka",
         "--brokers",
@@ -79,11 +79,13 @@ fn replay_share(brokers: &str, topic: &str, store: &Path, partitions: &str) -> S
         "--topic",
         topic,
         "--until-end",
-        "--partitions",
-        partitions,
         "--store",
         path_str(store),
-    ])
+    ];
+    if !partitions.is_empty() {
+        args.extend(["--partitions", partitions]);
+    }
+    run_ok(&args)
 }
 
 /// How many identity records a replay says it sent.
@@ -540,6 +542,36 @@ fn two_instances(dir: &Path, broker: &Broker) -> (ServeSetup, ServeSetup) {
     (first, second)
 }
 
+/// The events of 300 customers (the usual mix, fewer of them), the links their identifies
+/// make, and the time of the last event.
+fn small_history() -> (Vec<SynthEvent>, Vec<(String, String)>, i64) {
+    let cfg = SynthConfig {
+        customers: 300,
+        ..synth()
+    };
+    let events: Vec<SynthEvent> = Generator::new(cfg).collect();
+    let linked = links(&events);
+    let last_ts = events.iter().map(|e| e.ts_millis).max().expect("events");
+    (events, linked, last_ts)
+}
+
+/// Stops two settled `serve` instances (each with its store and last status) and checks that
+/// the profiles of the partitions each read equal a file replay of `events` in `oracle_dir`.
+fn stop_and_compare(
+    (a, store_a, status_a): (Serve, &Path, &Value),
+    (b, store_b, status_b): (Serve, &Path, &Value),
+    oracle_dir: &Path,
+    events: &[SynthEvent],
+) {
+    a.terminate();
+    b.terminate();
+    file_oracle(oracle_dir, events);
+    let expected = profiles(&oracle_dir.join("oracle.redb"));
+    let held = |status: &Value| owned(status).keys().copied().collect();
+    let together = gather(&[(store_a, held(status_a)), (store_b, held(status_b))]);
+    assert_same_profiles(&together, &expected);
+}
+
 /// Polls each instance until every one reads some partitions and together they read `total`.
 fn wait_owning(instances: &mut [&mut Serve], total: usize) {
     let deadline = std::time::Instant::now() + DEADLINE;
@@ -723,13 +755,7 @@ fn a_new_owner_restores_partitions_from_the_changelog() {
     // Phase 1, A alone: browsing, identifies and renames, killed once the changelog has some.
     let mut a = first.start();
     wait_owning(&mut [&mut a], 4);
-    let cfg = SynthConfig {
-        customers: 300,
-        ..synth()
-    };
-    let mut events: Vec<SynthEvent> = Generator::new(cfg).collect();
-    let linked = links(&events);
-    let last_ts = events.iter().map(|e| e.ts_millis).max().expect("events");
+    let (mut events, linked, last_ts) = small_history();
     events.extend(later_events(&linked, last_ts));
     let mut positions = produce(&broker.bootstrap(), &first.topic, &events);
     let deadline = std::time::Instant::now() + DEADLINE;
@@ -790,19 +816,12 @@ fn a_new_owner_restores_partitions_from_the_changelog() {
         counter(&sa, &["changelog", "restored_partitions"]) >= 1,
         "A restored the partitions it got back: {sa:#}"
     );
-    let (held_a, held_b) = (owned(&sa), owned(&sb));
-    a.terminate();
-    b.terminate();
-
-    let final_dir = oracle_dir("oracle-3");
-    file_oracle(&final_dir, &events);
-    let expected = profiles(&final_dir.join("oracle.redb"));
-    let held = |status: &BTreeMap<u32, (i64, Option<i64>)>| status.keys().copied().collect();
-    let together = gather(&[
-        (&first.store, held(&held_a)),
-        (&second.store, held(&held_b)),
-    ]);
-    assert_same_profiles(&together, &expected);
+    stop_and_compare(
+        (a, &first.store, &sa),
+        (b, &second.store, &sb),
+        &oracle_dir("oracle-3"),
+        &events,
+    );
 }
 
 /// The first id of the form `{prefix}-{n}` whose home among `partitions` is `home`.
@@ -890,4 +909,43 @@ fn a_partition_rebuilt_elsewhere_sends_what_it_sent_before() {
         }
     }
     assert_same_profiles(&together, &expected);
+}
+
+/// A store built by `replay --from-kafka` of every partition (no changelog), then served with
+/// the changelog on: an instance with an empty store that takes partitions over restores all of
+/// their state from the changelog, not only what changed since `serve` started.
+#[test]
+fn a_changelog_started_on_a_replayed_store_holds_all_of_it() {
+    let dir = test_dir();
+    let broker = Broker::memory();
+    let (first, second) = two_instances(dir.path(), &broker);
+    let (mut events, linked, last_ts) = small_history();
+    let mut positions = produce(&broker.bootstrap(), &first.topic, &events);
+    replay_share(&broker.bootstrap(), &first.topic, &first.store, "");
+
+    // A serves the replayed store, and changes a few customers.
+    let mut a = first.start();
+    wait_owning(&mut [&mut a], 4);
+    let later = browsing(&linked, last_ts + 86_400_000, "served");
+    positions.extend(produce(&broker.bootstrap(), &first.topic, &later));
+    events.extend(later);
+    wait_settled(&mut [&mut a], &TopicEnds::of(&positions), 4);
+
+    // B, with an empty store, joins and takes some partitions over.
+    let mut b = second.start();
+    wait_owning(&mut [&mut a, &mut b], 4);
+    wait_settled(&mut [&mut a, &mut b], &TopicEnds::of(&positions), 4);
+    let (sa, sb) = (a.status().expect("status"), b.status().expect("status"));
+    assert!(
+        counter(&sb, &["changelog", "restored_partitions"]) >= 1,
+        "B restored from the changelog: {sb:#}"
+    );
+    let oracle_dir = dir.path().join("oracle");
+    std::fs::create_dir_all(&oracle_dir).expect("an oracle dir");
+    stop_and_compare(
+        (a, &first.store, &sa),
+        (b, &second.store, &sb),
+        &oracle_dir,
+        &events,
+    );
 }

@@ -193,6 +193,61 @@ impl StoreReader {
         self.decode_all(CHANGELOG_OUTBOX, "changelog_outbox")
     }
 
+    /// Every key of the store's state with the partition it belongs to, as the changelog
+    /// names them: profiles by their scope, links and tombstones by theirs (those of the legacy
+    /// scope belong to no partition), contact records by their customer's profile.
+    pub fn every_state_key(&self) -> Result<Vec<ChangedKey>> {
+        let mut keys = Vec::new();
+        let mut scopes = std::collections::HashMap::new();
+        for entry in self.customers.iter()? {
+            let (k, v) = entry?;
+            let scope = codec::profile_scope(k.value(), v.value())?;
+            scopes.insert(k.value().to_owned(), scope);
+            keys.push(ChangedKey {
+                partition: scope,
+                kind: ChangeKind::Profile,
+                key: k.value().to_owned(),
+            });
+        }
+        for ((id, scope), _) in self.all_aliases()? {
+            if scope != LEGACY_SCOPE {
+                keys.push(ChangedKey {
+                    partition: scope,
+                    kind: ChangeKind::Alias,
+                    key: id,
+                });
+            }
+        }
+        for ((id, scope), _) in self.all_tombstones()? {
+            if scope != LEGACY_SCOPE {
+                keys.push(ChangedKey {
+                    partition: scope,
+                    kind: ChangeKind::Tombstone,
+                    key: id,
+                });
+            }
+        }
+        if let Some(contacts) = &self.offer_contacts {
+            let mut last: Option<String> = None;
+            for entry in contacts.iter()? {
+                let (k, _) = entry?;
+                let customer = k.value().0;
+                if last.as_deref() == Some(customer) {
+                    continue;
+                }
+                last = Some(customer.to_owned());
+                if let Some(&scope) = scopes.get(customer) {
+                    keys.push(ChangedKey {
+                        partition: scope,
+                        kind: ChangeKind::Contacts,
+                        key: customer.to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(keys)
+    }
+
     /// The profile record stored under exactly `id`, as encoded (scope and state).
     pub fn profile_record(&self, id: &str) -> Result<Option<Vec<u8>>> {
         Ok(self.customers.get(id)?.map(|v| v.value().to_vec()))

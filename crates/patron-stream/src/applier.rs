@@ -13,7 +13,7 @@ use patron_core::offer::decision_segment;
 use patron_core::state::{ApplyContext, ApplyOutcome, CustomerState};
 use patron_core::time::Millis;
 use patron_core::time::day_index;
-use patron_store::tables::META_CHANGELOG_SEQ;
+use patron_store::tables::{META_CHANGELOG_COMPLETE, META_CHANGELOG_SEQ};
 use patron_store::{
     ChangeKind, ChangedKey, Checkpoint, ContactRecord, DailyTotals, DeadLetterRecord,
     ErasureCounters, OfferCounts, PartitionImage, ProfileWrite, RestoreStats, RoutedRecord,
@@ -71,6 +71,8 @@ pub struct Applier {
     routes: route::Routes,
     /// Keys changed since the last checkpoint, for the changelog (`None`: not kept).
     changes: Option<Changes>,
+    /// `meta/changelog_complete`: every key of the store is in the changelog or its outbox.
+    changelog_complete: bool,
 }
 
 /// What the changelog outbox gets with the next checkpoint.
@@ -111,6 +113,10 @@ impl Applier {
         let counters = snapshot.counters()?;
         let aliases = snapshot.all_aliases()?.into_iter().collect();
         let tombstones = snapshot.all_tombstones()?.into_iter().collect();
+        // A new store is complete: the changelog gets every key it will ever hold.
+        let changelog_complete = snapshot.profile_count()? == 0
+            && snapshot.all_aliases()?.is_empty()
+            || snapshot.meta(META_CHANGELOG_COMPLETE)?.as_deref() == Some(&[1]);
         let erasure = ErasureChanges {
             counters: snapshot.erasures()?,
             ..ErasureChanges::default()
@@ -135,20 +141,31 @@ impl Applier {
             staged: Staged::default(),
             routes: route::Routes::default(),
             changes: None,
+            changelog_complete,
         })
     }
 
     /// Keeps, with every checkpoint, the keys it changed (the changelog outbox).
+    ///
+    /// A store whose state the changelog may not hold all of (built by a replay, or served with
+    /// the changelog off) queues every key once, so a new owner restoring a partition gets all
+    /// of it, not only what changed since.
     pub fn track_changes(&mut self) -> Result<()> {
         let next_seq = self
             .snapshot
             .meta(META_CHANGELOG_SEQ)?
             .and_then(|b| b.try_into().ok().map(u64::from_le_bytes))
             .unwrap_or(0);
-        self.changes = Some(Changes {
+        let mut changes = Changes {
             next_seq,
             ..Changes::default()
-        });
+        };
+        if !self.changelog_complete {
+            changes.keys = self.snapshot.every_state_key()?.into_iter().collect();
+        }
+        self.stage_meta(META_CHANGELOG_COMPLETE, vec![1]);
+        self.changelog_complete = true;
+        self.changes = Some(changes);
         Ok(())
     }
 
@@ -669,6 +686,11 @@ impl Applier {
         if std::mem::take(&mut self.erasure.dirty) {
             cp.erasures = Some(self.erasure.counters.clone());
         }
+        if self.changes.is_none() && self.changelog_complete {
+            // State the changelog will not hear of: a later changelog queues every key.
+            cp.meta.push((META_CHANGELOG_COMPLETE.to_owned(), vec![0]));
+            self.changelog_complete = false;
+        }
         self.store.commit(&cp)?;
         self.snapshot = self.store.reader()?;
         self.profiles.retain(|_, p| p.state.is_some());
@@ -698,6 +720,56 @@ mod tests {
         Decoder::default()
             .decode(json.as_bytes(), now_millis())
             .expect("a valid purchase")
+    }
+
+    /// A store built without the changelog (a replay) queues every key once when a writer
+    /// starts tracking changes on it; a store the changelog has followed from the start does
+    /// not.
+    #[test]
+    fn a_changelog_started_on_a_store_it_did_not_follow_queues_every_key_once() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::open(dir.path().join("state.redb")).expect("a store");
+        let open = || Applier::open(store.clone(), ApplyContext::default()).expect("an applier");
+        let mut replay = open();
+        replay.apply(&purchase("c1", 1), 0).expect("applied");
+        replay.apply(&purchase("c2", 1), 0).expect("applied");
+        replay.checkpoint().expect("a checkpoint");
+        drop(replay);
+
+        let mut serve = open();
+        serve.track_changes().expect("tracking");
+        serve.checkpoint().expect("a checkpoint");
+        let rows = store
+            .reader()
+            .expect("a reader")
+            .pending_changes()
+            .expect("rows");
+        let keys: Vec<(u32, ChangeKind, &str)> = rows
+            .iter()
+            .flat_map(|(_, keys)| keys.iter().map(|k| (k.partition, k.kind, k.key.as_str())))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (0, ChangeKind::Profile, "c1"),
+                (0, ChangeKind::Profile, "c2")
+            ]
+        );
+        drop(serve);
+
+        let mut again = open();
+        again.track_changes().expect("tracking");
+        again.checkpoint().expect("a checkpoint");
+        assert_eq!(
+            store
+                .reader()
+                .expect("a reader")
+                .pending_changes()
+                .expect("rows")
+                .len(),
+            1,
+            "a store the changelog followed queues nothing more"
+        );
     }
 
     /// A cache limited to 2 profiles is full above 4 (twice the limit); the checkpoint then
