@@ -131,6 +131,8 @@ pub struct Checkpoint {
     pub routed_delivered: Vec<u64>,
     /// Erased ids, by (id, scope), and their erasure time.
     pub tombstones: Vec<(ScopedId, Millis)>,
+    /// Tombstones that moved to another scope.
+    pub tombstones_removed: Vec<ScopedId>,
     /// Written when `Some`.
     pub erasures: Option<ErasureCounters>,
     /// Contact histories to write, by (customer id, offer id).
@@ -265,6 +267,9 @@ pub(crate) fn commit(db: &Database, cp: &Checkpoint) -> Result<()> {
             )?;
         }
         let mut tombstones = txn.open_table(TOMBSTONES)?;
+        for (id, scope) in &cp.tombstones_removed {
+            tombstones.remove((id.as_str(), *scope))?;
+        }
         for ((id, scope), at) in &cp.tombstones {
             tombstones.insert((id.as_str(), *scope), *at)?;
         }

@@ -17,7 +17,8 @@
 //! forget, so `serve` can carry on from the store with routing on.
 //!
 //! A store written before scopes keeps its links and tombstones under
-//! [`patron_store::tables::LEGACY_SCOPE`]; every record sees them.
+//! [`patron_store::tables::LEGACY_SCOPE`], which every record sees, until the writer knows the
+//! partition count; then they move to their home scopes ([`Applier::rehome_legacy`]).
 
 use std::collections::HashMap;
 
@@ -81,6 +82,22 @@ impl<T> Scoped<T> {
                 entries.sort_unstable_by_key(|(s, _)| *s);
             }
         }
+    }
+
+    /// Takes every value of one scope out, with its id.
+    fn take_scope(&mut self, scope: u32) -> Vec<(String, T)> {
+        let ids: Vec<String> = self
+            .by_id
+            .iter()
+            .filter(|(_, values)| values.iter().any(|(s, _)| *s == scope))
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| {
+                let value = self.remove(&id, scope)?;
+                Some((id, value))
+            })
+            .collect()
     }
 
     pub(super) fn remove(&mut self, id: &str, scope: u32) -> Option<T> {
@@ -196,6 +213,42 @@ impl Applier {
         }
     }
 
+    /// Once the partition count is known, moves the links and tombstones of the legacy scope
+    /// (a store written before scopes) to where routing would have put them: a link at its
+    /// id's home and at its target's (where the identify or alias was applied), a tombstone at
+    /// its id's home. From then on every partition sees only its own, and the changelog holds
+    /// them.
+    pub(super) fn rehome_legacy(&mut self) {
+        let Some(count) = self.routes.count else {
+            return;
+        };
+        let links = self.aliases.take_scope(LEGACY_SCOPE);
+        let tombstones = self.tombstones.take_scope(LEGACY_SCOPE);
+        if links.is_empty() && tombstones.is_empty() {
+            return;
+        }
+        for (id, target) in links {
+            self.dirty_links.insert((id.clone(), LEGACY_SCOPE));
+            for scope in [home_partition(&id, count), home_partition(&target, count)] {
+                if self.aliases.get(&id, scope).is_none() {
+                    self.aliases.insert(&id, scope, target.clone());
+                    self.dirty_links.insert((id.clone(), scope));
+                    self.changed_in(scope, ChangeKind::Alias, &id);
+                }
+            }
+        }
+        for (id, at) in tombstones {
+            self.dirty_tombstones.insert((id.clone(), LEGACY_SCOPE));
+            let scope = home_partition(&id, count);
+            let at = self.tombstones.get(&id, scope).map_or(at, |t| (*t).max(at));
+            self.tombstones.insert(&id, scope, at);
+            self.dirty_tombstones.insert((id.clone(), scope));
+            self.changed_in(scope, ChangeKind::Tombstone, &id);
+        }
+        // Committed with the next checkpoint, whether or not an event comes.
+        self.uncommitted += 1;
+    }
+
     /// Puts the links and tombstones changed since the last checkpoint into `cp` (a link that
     /// went as `None`).
     pub(super) fn stage_identity_changes(&mut self, cp: &mut Checkpoint) {
@@ -207,14 +260,19 @@ impl Applier {
                 ((id, scope), to)
             })
             .collect();
+        let mut tombstones_removed = Vec::new();
         cp.tombstones = self
             .dirty_tombstones
             .drain()
-            .filter_map(|(id, scope)| {
-                let at = *self.tombstones.get(&id, scope)?;
-                Some(((id, scope), at))
+            .filter_map(|(id, scope)| match self.tombstones.get(&id, scope) {
+                Some(at) => Some(((id, scope), *at)),
+                None => {
+                    tombstones_removed.push((id, scope));
+                    None
+                }
             })
             .collect();
+        cp.tombstones_removed = tombstones_removed;
     }
 }
 
@@ -280,6 +338,42 @@ mod tests {
                 ((anonymous.clone(), 0), customer.clone()),
                 ((anonymous.clone(), 1), customer.clone())
             ]
+        );
+    }
+
+    /// Links and tombstones of a store written before scopes move to the scopes routing would
+    /// have put them in once the partition count is known, and leave the legacy scope.
+    #[test]
+    fn legacy_links_and_tombstones_move_home_once_the_partitions_are_known() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (customer, anonymous) = (id_at_home("cust", 2), id_at_home("anon", 3));
+        let gone = id_at_home("gone", 1);
+        {
+            let store = Store::open(dir.path().join("state.redb")).expect("a store");
+            store
+                .commit(&Checkpoint {
+                    links: vec![((anonymous.clone(), LEGACY_SCOPE), Some(customer.clone()))],
+                    tombstones: vec![((gone.clone(), LEGACY_SCOPE), 1_000)],
+                    ..Checkpoint::default()
+                })
+                .expect("a commit");
+        }
+        let mut a = applier(&dir);
+        a.set_partition_count(PARTITIONS);
+        a.checkpoint().expect("a checkpoint");
+        let r = a.snapshot();
+        let mut links = r.all_aliases().expect("links");
+        links.sort();
+        assert_eq!(
+            links,
+            vec![
+                ((anonymous.clone(), 2), customer.clone()),
+                ((anonymous.clone(), 3), customer.clone())
+            ]
+        );
+        assert_eq!(
+            r.all_tombstones().expect("tombstones"),
+            vec![((gone.clone(), 1), 1_000)]
         );
     }
 

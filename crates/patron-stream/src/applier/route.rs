@@ -65,8 +65,8 @@ impl Applier {
     /// every merge is done in this store).
     pub fn set_routing(&mut self, partitions: Option<u32>) {
         self.routes.partitions = partitions.filter(|n| *n > 1);
-        if partitions.is_some() {
-            self.routes.count = partitions;
+        if let Some(count) = partitions {
+            self.set_partition_count(count);
         }
     }
 
@@ -74,6 +74,7 @@ impl Applier {
     /// routing puts links and tombstones where routing would too (see [`super::identity`]).
     pub fn set_partition_count(&mut self, count: u32) {
         self.routes.count = (count > 0).then_some(count);
+        self.rehome_legacy();
     }
 
     pub fn routing(&self) -> bool {
