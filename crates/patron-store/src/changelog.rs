@@ -209,20 +209,17 @@ impl StoreReader {
                 key: k.value().to_owned(),
             });
         }
-        for ((id, scope), _) in self.all_aliases()? {
+        let links = self
+            .all_aliases()?
+            .into_iter()
+            .map(|(k, _)| (ChangeKind::Alias, k));
+        let tombstones =
+            (self.all_tombstones()?.into_iter()).map(|(k, _)| (ChangeKind::Tombstone, k));
+        for (kind, (id, scope)) in links.chain(tombstones) {
             if scope != LEGACY_SCOPE {
                 keys.push(ChangedKey {
                     partition: scope,
-                    kind: ChangeKind::Alias,
-                    key: id,
-                });
-            }
-        }
-        for ((id, scope), _) in self.all_tombstones()? {
-            if scope != LEGACY_SCOPE {
-                keys.push(ChangedKey {
-                    partition: scope,
-                    kind: ChangeKind::Tombstone,
+                    kind,
                     key: id,
                 });
             }
@@ -322,7 +319,10 @@ mod tests {
                     (("anon-z".into(), 1), Some("stale-in-1".into())),
                     (("anon-k".into(), 0), Some("kept-in-0".into())),
                 ],
-                tombstones: vec![(("old".into(), 1), 500), (("kept".into(), 0), 700)],
+                tombstones: vec![
+                    (("old".into(), 1), Some(500)),
+                    (("kept".into(), 0), Some(700)),
+                ],
                 positions: vec![
                     position("kafka:t", 1, 50),
                     position("kafka:t#route-from-0", 1, 7),

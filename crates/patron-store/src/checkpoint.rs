@@ -129,10 +129,9 @@ pub struct Checkpoint {
     pub routed: Vec<(u64, RoutedRecord)>,
     /// Route outbox entries the source topic has acknowledged, to remove.
     pub routed_delivered: Vec<u64>,
-    /// Erased ids, by (id, scope), and their erasure time.
-    pub tombstones: Vec<(ScopedId, Millis)>,
-    /// Tombstones that moved to another scope.
-    pub tombstones_removed: Vec<ScopedId>,
+    /// Tombstones to set (`Some`: the erasure time, epoch ms) or remove (`None`, one moved to
+    /// another scope), by (erased id, scope).
+    pub tombstones: Vec<(ScopedId, Option<Millis>)>,
     /// Written when `Some`.
     pub erasures: Option<ErasureCounters>,
     /// Contact histories to write, by (customer id, offer id).
@@ -267,11 +266,11 @@ pub(crate) fn commit(db: &Database, cp: &Checkpoint) -> Result<()> {
             )?;
         }
         let mut tombstones = txn.open_table(TOMBSTONES)?;
-        for (id, scope) in &cp.tombstones_removed {
-            tombstones.remove((id.as_str(), *scope))?;
-        }
         for ((id, scope), at) in &cp.tombstones {
-            tombstones.insert((id.as_str(), *scope), *at)?;
+            match at {
+                Some(at) => tombstones.insert((id.as_str(), *scope), *at)?,
+                None => tombstones.remove((id.as_str(), *scope))?,
+            };
         }
         let mut daily = txn.open_table(DAILY)?;
         for (day, totals) in &cp.daily {

@@ -157,28 +157,32 @@ fn open_later_tables(write: &redb::WriteTransaction) -> Result<()> {
 /// Moves the links and tombstones of a store written before scopes into the scoped tables,
 /// under [`LEGACY_SCOPE`], and drops the old tables.
 fn scope_identity_tables(write: &redb::WriteTransaction) -> Result<()> {
-    use redb::ReadableTable;
     let names: Vec<String> = write.list_tables()?.map(|t| t.name().to_owned()).collect();
     if names.iter().any(|n| n == "aliases") {
-        let old = write.open_table(UNSCOPED_ALIASES)?;
-        let mut new = write.open_table(ALIASES)?;
-        for entry in old.iter()? {
-            let (from, to) = entry?;
-            new.insert((from.value(), LEGACY_SCOPE), to.value())?;
-        }
-        drop((old, new));
-        write.delete_table(UNSCOPED_ALIASES)?;
+        move_to_legacy_scope(write, UNSCOPED_ALIASES, ALIASES)?;
     }
     if names.iter().any(|n| n == "tombstones") {
-        let old = write.open_table(UNSCOPED_TOMBSTONES)?;
-        let mut new = write.open_table(TOMBSTONES)?;
-        for entry in old.iter()? {
-            let (id, at) = entry?;
-            new.insert((id.value(), LEGACY_SCOPE), at.value())?;
-        }
-        drop((old, new));
-        write.delete_table(UNSCOPED_TOMBSTONES)?;
+        move_to_legacy_scope(write, UNSCOPED_TOMBSTONES, TOMBSTONES)?;
     }
+    Ok(())
+}
+
+/// Copies every entry of `old` into `new` under [`LEGACY_SCOPE`], then deletes `old`.
+fn move_to_legacy_scope<V: redb::Value + 'static>(
+    write: &redb::WriteTransaction,
+    old: TableDefinition<'_, &str, V>,
+    new: TableDefinition<'_, (&str, u32), V>,
+) -> Result<()> {
+    use redb::ReadableTable;
+    {
+        let from = write.open_table(old)?;
+        let mut to = write.open_table(new)?;
+        for entry in from.iter()? {
+            let (id, value) = entry?;
+            to.insert((id.value(), LEGACY_SCOPE), value.value())?;
+        }
+    }
+    write.delete_table(old)?;
     Ok(())
 }
 

@@ -111,11 +111,10 @@ impl Applier {
     pub fn open(store: Store, ctx: ApplyContext) -> Result<Self> {
         let snapshot = store.reader()?;
         let counters = snapshot.counters()?;
-        let aliases = snapshot.all_aliases()?.into_iter().collect();
+        let aliases: identity::Scoped<String> = snapshot.all_aliases()?.into_iter().collect();
         let tombstones = snapshot.all_tombstones()?.into_iter().collect();
         // A new store is complete: the changelog gets every key it will ever hold.
-        let changelog_complete = snapshot.profile_count()? == 0
-            && snapshot.all_aliases()?.is_empty()
+        let changelog_complete = snapshot.profile_count()? == 0 && aliases.is_empty()
             || snapshot.meta(META_CHANGELOG_COMPLETE)?.as_deref() == Some(&[1]);
         let erasure = ErasureChanges {
             counters: snapshot.erasures()?,

@@ -111,29 +111,11 @@ impl<T> Scoped<T> {
     }
 }
 
-/// Which scopes the record being applied sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sight {
-    /// Routing: its own partition's (and the legacy scope).
-    Partition(u32),
-    /// No routing: every scope.
-    Whole,
-}
-
 impl Applier {
-    fn sight(&self) -> Sight {
-        if self.routing() {
-            Sight::Partition(self.origin_partition())
-        } else {
-            Sight::Whole
-        }
-    }
-
+    /// Whether the record being applied sees `scope`: with routing, its own partition's (and
+    /// the legacy scope); without, every scope.
     fn sees(&self, scope: u32) -> bool {
-        match self.sight() {
-            Sight::Partition(p) => scope == p || scope == LEGACY_SCOPE,
-            Sight::Whole => true,
-        }
+        !self.routing() || scope == self.origin_partition() || scope == LEGACY_SCOPE
     }
 
     /// The id `id` links to directly, as the record being applied sees it.
@@ -169,7 +151,7 @@ impl Applier {
     /// applied; without routing, also `id`'s home when the partition count is known.
     fn write_scopes(&self, id: &str) -> Vec<u32> {
         let mut scopes = vec![self.origin_partition()];
-        if let (Sight::Whole, Some(count)) = (self.sight(), self.routes.count) {
+        if let (false, Some(count)) = (self.routing(), self.routes.count) {
             let home = home_partition(id, count);
             if home != scopes[0] {
                 scopes.push(home);
@@ -181,10 +163,22 @@ impl Applier {
     /// Links `id` to `canonical` where the record being applied makes links.
     pub(super) fn put_link(&mut self, id: &str, canonical: &str) {
         for scope in self.write_scopes(id) {
-            self.aliases.insert(id, scope, canonical.to_owned());
-            self.dirty_links.insert((id.to_owned(), scope));
-            self.changed_in(scope, ChangeKind::Alias, id);
+            self.set_link(id, scope, canonical);
         }
+    }
+
+    fn set_link(&mut self, id: &str, scope: u32, target: &str) {
+        self.aliases.insert(id, scope, target.to_owned());
+        self.dirty_links.insert((id.to_owned(), scope));
+        self.changed_in(scope, ChangeKind::Alias, id);
+    }
+
+    /// Keeps a tombstone on `id` in `scope` at `at`, or at the later erasure it already has.
+    fn raise_tombstone(&mut self, id: &str, scope: u32, at: Millis) {
+        let at = self.tombstones.get(id, scope).map_or(at, |t| (*t).max(at));
+        self.tombstones.insert(id, scope, at);
+        self.dirty_tombstones.insert((id.to_owned(), scope));
+        self.changed_in(scope, ChangeKind::Tombstone, id);
     }
 
     /// Drops `id`'s links the record being applied sees, and keeps a tombstone on it at `at`
@@ -206,10 +200,7 @@ impl Applier {
         }
         for scope in self.write_scopes(id) {
             self.changed_in(scope, ChangeKind::Alias, id);
-            let at = self.tombstones.get(id, scope).map_or(at, |t| (*t).max(at));
-            self.tombstones.insert(id, scope, at);
-            self.dirty_tombstones.insert((id.to_owned(), scope));
-            self.changed_in(scope, ChangeKind::Tombstone, id);
+            self.raise_tombstone(id, scope, at);
         }
     }
 
@@ -231,25 +222,19 @@ impl Applier {
             self.dirty_links.insert((id.clone(), LEGACY_SCOPE));
             for scope in [home_partition(&id, count), home_partition(&target, count)] {
                 if self.aliases.get(&id, scope).is_none() {
-                    self.aliases.insert(&id, scope, target.clone());
-                    self.dirty_links.insert((id.clone(), scope));
-                    self.changed_in(scope, ChangeKind::Alias, &id);
+                    self.set_link(&id, scope, &target);
                 }
             }
         }
         for (id, at) in tombstones {
             self.dirty_tombstones.insert((id.clone(), LEGACY_SCOPE));
-            let scope = home_partition(&id, count);
-            let at = self.tombstones.get(&id, scope).map_or(at, |t| (*t).max(at));
-            self.tombstones.insert(&id, scope, at);
-            self.dirty_tombstones.insert((id.clone(), scope));
-            self.changed_in(scope, ChangeKind::Tombstone, &id);
+            self.raise_tombstone(&id, home_partition(&id, count), at);
         }
         // Committed with the next checkpoint, whether or not an event comes.
         self.uncommitted += 1;
     }
 
-    /// Puts the links and tombstones changed since the last checkpoint into `cp` (a link that
+    /// Puts the links and tombstones changed since the last checkpoint into `cp` (one that
     /// went as `None`).
     pub(super) fn stage_identity_changes(&mut self, cp: &mut Checkpoint) {
         cp.links = self
@@ -260,19 +245,14 @@ impl Applier {
                 ((id, scope), to)
             })
             .collect();
-        let mut tombstones_removed = Vec::new();
         cp.tombstones = self
             .dirty_tombstones
             .drain()
-            .filter_map(|(id, scope)| match self.tombstones.get(&id, scope) {
-                Some(at) => Some(((id, scope), *at)),
-                None => {
-                    tombstones_removed.push((id, scope));
-                    None
-                }
+            .map(|(id, scope)| {
+                let at = self.tombstones.get(&id, scope).copied();
+                ((id, scope), at)
             })
             .collect();
-        cp.tombstones_removed = tombstones_removed;
     }
 }
 
@@ -353,7 +333,7 @@ mod tests {
             store
                 .commit(&Checkpoint {
                     links: vec![((anonymous.clone(), LEGACY_SCOPE), Some(customer.clone()))],
-                    tombstones: vec![((gone.clone(), LEGACY_SCOPE), 1_000)],
+                    tombstones: vec![((gone.clone(), LEGACY_SCOPE), Some(1_000))],
                     ..Checkpoint::default()
                 })
                 .expect("a commit");

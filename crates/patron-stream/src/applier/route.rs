@@ -65,9 +65,6 @@ impl Applier {
     /// every merge is done in this store).
     pub fn set_routing(&mut self, partitions: Option<u32>) {
         self.routes.partitions = partitions.filter(|n| *n > 1);
-        if let Some(count) = partitions {
-            self.set_partition_count(count);
-        }
     }
 
     /// The source topic's partition count, known with or without routing: a writer without
