@@ -1,6 +1,7 @@
 //! Config loading: built-in defaults < TOML file < `PATRON__SECTION__KEY` environment variables.
 
 use std::path::Path;
+use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -29,6 +30,13 @@ pub(crate) fn load(file: Option<&Path>) -> Result<PatronConfig, String> {
     })?;
     patron_query::kpi::validate_objectives(&config.objectives)
         .map_err(|e| format!("invalid config: [[objectives]] {e}"))?;
+    let session = config.source.session_timeout;
+    if !(Duration::from_secs(1)..=Duration::from_secs(30 * 60)).contains(&session) {
+        return Err(format!(
+            "invalid config: [source] session_timeout = {} must be between 1s and 30m",
+            humantime::format_duration(session)
+        ));
+    }
     let window = config.offers.response_window();
     if window.as_secs() > patron_store::offers::MAX_RESPONSE_HOURS as u64 * 3600 {
         return Err(format!(

@@ -95,6 +95,17 @@ fn bad_config_value_and_env_override_are_reported() {
         stderr_of(&out)
     );
     let out = patron()
+        .env("PATRON__SOURCE__SESSION_TIMEOUT", "200ms")
+        .args(["query", "--store", "x.redb", "SELECT 1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_of(&out).contains("[source] session_timeout = 200ms must be between 1s and 30m"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = patron()
         .env("PATRON__SCORING__CLOCK", "sundial")
         .args(["query", "--store", "x.redb", "SELECT 1"])
         .output()

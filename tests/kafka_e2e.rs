@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::TimeZone;
@@ -88,48 +89,68 @@ fn producer_and_oracle() {
     assert_final_state(dir.path(), &setup, &end, &cfg, &events, &positions);
 }
 
+/// Kills (SIGKILL) that must land while serve is ingesting (DESIGN.md, Targets: crash safety).
+const KILLS: usize = 20;
+
 #[test]
 fn crash_loop() {
     let dir = test_dir();
     let broker = Broker::memory();
     let setup = ServeSetup::kafka(dir.path(), &broker);
+    // The group hands a killed instance's partitions to its restart after this long.
+    setup.set_session_timeout("3s");
     let cfg = synth(202, 2_000);
     let events = generate(&cfg);
+    let total = events.len() as u64;
 
     let mut serve = setup.start();
-    let mut kills = 0u32;
     // Records serve had processed (applied, rejected or duplicate) just before each kill.
-    let mut processed_at_kill = Vec::new();
+    let mut processed_at_kill: Vec<Option<u64>> = Vec::new();
+    // Kills that landed mid-ingest: serve had made progress since the previous kill and had
+    // not yet seen everything. The producer reads `landed`, a copy.
+    let mut mid_ingest = 0;
+    let landed = AtomicUsize::new(0);
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let bootstrap = broker.bootstrap();
     let (positions, mut serve) = std::thread::scope(|s| {
-        // Paced so that ingest spans many kills: 100 records, then a pause (about 25 s).
+        // Produces 100 records every 100 ms, but never more than (landed kills + 1) / (KILLS + 1)
+        // of them: every kill until the last then has new records to interrupt, and the end of
+        // the topic comes only after them, however fast or slow the machine restarts serve.
         let producer = s.spawn(|| {
             let mut p = EventProducer::new(&bootstrap, &setup.topic);
-            for chunk in events.chunks(100) {
+            let chunks: Vec<_> = events.chunks(100).collect();
+            for (k, chunk) in chunks.iter().enumerate() {
+                while k * (KILLS + 1) >= (landed.load(Ordering::SeqCst) + 1) * chunks.len() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
                 p.send(chunk);
                 std::thread::sleep(Duration::from_millis(100));
             }
             p.finish()
         });
-        while kills < 6 || !producer.is_finished() {
-            // A restarted serve may wait for the group to hand it partitions (tansu keeps a
-            // killed member's partitions until serve rejoins); kill only once it commits
+        while mid_ingest < KILLS && processed_at_kill.len() < 2 * KILLS {
+            // A restarted serve waits for the group to hand it partitions (tansu keeps a
+            // killed member's partitions for the session timeout); kill only once it commits
             // progress again, at a random moment after that.
             let before = processed_at_kill.last().copied().flatten().unwrap_or(0);
-            wait_progress(&serve, before, events.len() as u64);
+            wait_progress(&serve, before, total);
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
             std::thread::sleep(Duration::from_millis(rng % 400));
-            processed_at_kill.push(processed(&serve));
+            let now = processed(&serve);
+            processed_at_kill.push(now);
             serve.kill();
-            kills += 1;
+            if now.is_some_and(|n| n > before && n < total) {
+                mid_ingest += 1;
+                landed.store(mid_ingest, Ordering::SeqCst);
+            }
             serve = setup.start();
         }
+        // Unblocks the producer if the kills gave up.
+        landed.store(KILLS, Ordering::SeqCst);
         (producer.join().expect("the producer thread"), serve)
     });
-    assert!(kills >= 5, "only {kills} kills");
 
     let status = serve.wait_caught_up(&TopicEnds::of(&positions));
     serve.terminate();
@@ -139,21 +160,12 @@ fn crash_loop() {
     let end = RunEnd { status, letters };
     assert_final_state(dir.path(), &setup, &end, &cfg, &events, &positions);
 
-    // The test proves something only if kills interrupted ingest: serve had made progress
-    // since the previous kill and had not yet seen everything.
-    let total = positions.len() as u64;
-    let mut before = 0;
-    let mut mid_ingest = 0;
-    for n in processed_at_kill.iter().flatten() {
-        if *n > before && *n < total {
-            mid_ingest += 1;
-        }
-        before = *n;
-    }
+    // The test proves something only if the kills interrupted ingest.
     assert!(
-        mid_ingest >= 3,
-        "only {mid_ingest} of {kills} kills landed mid-ingest; records processed at each kill: \
-         {processed_at_kill:?} of {total}"
+        mid_ingest >= KILLS,
+        "only {mid_ingest} of {} kills landed mid-ingest; records processed at each kill: \
+         {processed_at_kill:?} of {total}",
+        processed_at_kill.len()
     );
 }
 

@@ -18,6 +18,9 @@ fn all_rows(store: &std::path::Path) -> String {
     ])
 }
 
+/// SIGKILLs that must land while replay runs (DESIGN.md, Targets: crash safety).
+const KILLS: usize = 20;
+
 #[test]
 fn killed_replays_resume_to_the_exact_state() {
     let dir = tempfile::tempdir().unwrap();
@@ -64,8 +67,8 @@ fn killed_replays_resume_to_the_exact_state() {
     let mut kills_mid_run = 0;
     let mut delay_ms = 40u64;
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    for _ in 0..40 {
-        if kills_mid_run >= 6 {
+    for _ in 0..80 {
+        if kills_mid_run >= KILLS {
             break;
         }
         let mut child = patron()
@@ -100,7 +103,7 @@ fn killed_replays_resume_to_the_exact_state() {
         }
     }
     assert!(
-        kills_mid_run >= 5,
+        kills_mid_run >= KILLS,
         "only {kills_mid_run} kills landed while replay was running"
     );
     run_ok(&[

@@ -402,6 +402,16 @@ impl ServeSetup {
         other
     }
 
+    /// Sets `[source] session_timeout`: how soon the group hands a killed instance's partitions
+    /// to whoever joins next.
+    pub fn set_session_timeout(&self, timeout: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("read the serve config");
+        let dlq = format!("dlq_topic = {:?}\n", self.dlq_topic);
+        assert!(text.contains(&dlq), "no dlq_topic line in {text}");
+        let text = text.replacen(&dlq, &format!("{dlq}session_timeout = {timeout:?}\n"), 1);
+        std::fs::write(&self.config, text).expect("write the serve config");
+    }
+
     /// Adds TOML (sections such as `[offers]`) to the end of the config.
     pub fn append_config(&self, extra: &str) {
         let mut text = std::fs::read_to_string(&self.config).expect("read the serve config");

@@ -65,6 +65,11 @@ pub struct SourceConfig {
     /// Keep each partition's state in `<topic>-changelog` (compacted), so an instance taking
     /// a partition over restores it from there instead of reading the topic from its start.
     pub changelog: bool,
+    /// How long the group waits for an instance that stopped heartbeating before its partitions
+    /// go to the others (Kafka's `session.timeout.ms`). Shorter: a crashed instance's partitions
+    /// resume sooner; too short for the network: healthy instances are evicted.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
 }
 
 impl Default for SourceConfig {
@@ -76,6 +81,7 @@ impl Default for SourceConfig {
             group_id: "patron".into(),
             dlq_topic: "patron.dead-letters".into(),
             changelog: true,
+            session_timeout: Duration::from_secs(10),
         }
     }
 }

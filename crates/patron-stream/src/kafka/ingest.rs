@@ -628,6 +628,9 @@ pub fn run(
         reading: Mutex::default(),
         writer_gone: AtomicBool::new(false),
     };
+    let session = opts.source.session_timeout;
+    let heartbeat = (session / 3).min(Duration::from_secs(1));
+    let millis = |d: Duration| d.as_millis().max(1);
     let consumer: BaseConsumer<IngestContext> = client_config(&opts.source.brokers)
         .set("group.id", &opts.source.group_id)
         .set("enable.auto.commit", "false")
@@ -636,8 +639,8 @@ pub fn run(
         // A stored offset outside the log is an error to report, never a silent reset.
         .set("auto.offset.reset", "error")
         .set("partition.assignment.strategy", "range,roundrobin")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
+        .set("session.timeout.ms", millis(session).to_string())
+        .set("heartbeat.interval.ms", millis(heartbeat).to_string())
         .set("statistics.interval.ms", "1000")
         .set("fetch.wait.max.ms", "100")
         .set("queued.max.messages.kbytes", "65536")

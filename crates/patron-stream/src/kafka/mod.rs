@@ -50,6 +50,8 @@ pub struct KafkaSource {
     pub incarnation: String,
     /// Keep the changelog topic (`serve` only; see [`changelog`]).
     pub changelog: bool,
+    /// The consumer group's session timeout (`[source] session_timeout`).
+    pub session_timeout: Duration,
 }
 
 impl KafkaSource {
