@@ -36,6 +36,13 @@ fn every_table_exports_to_parquet_and_csv_and_reads_back_the_same() {
         &snapshot.customers,
     )
     .unwrap();
+    // Ten 8-byte columns (timestamps, counts, money, scores) hold a slot per row, null or not.
+    assert!(
+        snapshot.customer_bytes() >= customers.num_rows() * 10 * 8,
+        "{} bytes for {} rows",
+        snapshot.customer_bytes(),
+        customers.num_rows()
+    );
     let tables: [(&str, &RecordBatch); 4] = [
         ("customers", &customers),
         ("segments", &snapshot.segments),

@@ -39,7 +39,7 @@ pub(crate) fn run(args: ExportArgs, config: PatronConfig) -> CmdResult {
             patron_query::sql::TABLES.join(", ")
         )));
     }
-    let store = super::open_existing(&super::store_path(args.store, &config))?;
+    let store = super::open_existing(&super::store_path(args.store, &config), &config)?;
     let snapshot = super::query::build_snapshot(&store, &config, args.as_of.as_deref())?;
     let rt = super::runtime()?;
     let batches = rt

@@ -41,7 +41,7 @@ pub(crate) struct FitArgs {
 }
 
 pub(crate) fn run(args: FitArgs, config: PatronConfig) -> CmdResult {
-    let store = super::open_existing(&super::store_path(args.store, &config))?;
+    let store = super::open_existing(&super::store_path(args.store, &config), &config)?;
     let as_of = args
         .as_of
         .as_deref()

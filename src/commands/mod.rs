@@ -21,8 +21,18 @@ pub(crate) fn store_path(flag: Option<PathBuf>, config: &PatronConfig) -> PathBu
     flag.unwrap_or_else(|| PathBuf::from(&config.store.path))
 }
 
-pub(crate) fn open_existing(path: &Path) -> Result<Store, Failure> {
-    Store::open_existing(path).map_err(|e| match e {
+/// `[store] cache_mb` in bytes.
+pub(crate) fn store_cache(config: &PatronConfig) -> usize {
+    config.store.cache_mb.saturating_mul(1 << 20)
+}
+
+/// Opens (or creates) the store at `path` with the configured page cache.
+pub(crate) fn open_store(path: &Path, config: &PatronConfig) -> Result<Store, Failure> {
+    Store::open_cached(path, store_cache(config)).map_err(Failure::runtime)
+}
+
+pub(crate) fn open_existing(path: &Path, config: &PatronConfig) -> Result<Store, Failure> {
+    Store::open_existing_cached(path, store_cache(config)).map_err(|e| match e {
         patron_store::StoreError::Missing { .. } => Failure::Usage(e.to_string()),
         other => Failure::runtime(other),
     })

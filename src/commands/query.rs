@@ -54,7 +54,7 @@ pub(crate) fn build_snapshot(
 }
 
 pub(crate) fn run(args: QueryArgs, config: PatronConfig) -> CmdResult {
-    let store = super::open_existing(&super::store_path(args.store, &config))?;
+    let store = super::open_existing(&super::store_path(args.store, &config), &config)?;
     let snapshot = build_snapshot(&store, &config, args.as_of.as_deref())?;
     let rt = super::runtime()?;
     let batches = rt.block_on(async {

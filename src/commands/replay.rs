@@ -8,7 +8,6 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use patron_core::config::PatronConfig;
-use patron_store::Store;
 use patron_stream::input::{CsvMapping, InputFormat};
 use patron_stream::kafka::KafkaSource;
 use patron_stream::kafka::ingest::{self, IngestOptions, Mode, StartAt};
@@ -163,7 +162,7 @@ pub(crate) fn run(args: ReplayArgs, config: PatronConfig) -> CmdResult {
         dead_letter: dead_letter.clone(),
         batch_bytes: 4 << 20,
     };
-    let store = Store::open(&store_path).map_err(Failure::runtime)?;
+    let store = super::open_store(&store_path, &config)?;
     let progress = Arc::new(ReplayProgress::default());
     let bar = spawn_progress_bar(progress.clone());
     let result = replay(store, &config, &opts, &progress);
@@ -203,7 +202,7 @@ fn from_kafka(args: ReplayArgs, config: PatronConfig, store_path: PathBuf) -> Cm
         start,
         partitions: args.partitions,
     };
-    let store = Store::open(&store_path).map_err(Failure::runtime)?;
+    let store = super::open_store(&store_path, &config)?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();

@@ -96,7 +96,7 @@ pub(crate) fn serve(
     auth: Auth,
     extras: Extras,
 ) -> CmdResult {
-    let store = Store::open(&store_path).map_err(Failure::runtime)?;
+    let store = super::open_store(&store_path, &config)?;
     let source = &config.source;
     let embedded = match source.kind {
         SourceKind::Embedded => Some(

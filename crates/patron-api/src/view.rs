@@ -244,6 +244,7 @@ async fn build(store: Store, config: Arc<PatronConfig>) -> Result<Arc<View>, Api
                 .map(|b| b.num_rows())
                 .sum::<usize>(),
             build_ms = view.build_time.as_millis() as u64,
+            customer_mb = view.snapshot.customer_bytes() >> 20,
             "scoring view built"
         );
         // The KPI set of as_of's day, for the history (the last build of a day wins).

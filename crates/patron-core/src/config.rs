@@ -37,12 +37,17 @@ pub struct PatronConfig {
 pub struct StoreConfig {
     /// Path of the redb file.
     pub path: String,
+    /// redb's page cache (reads, and writes buffered until a commit), in MiB. redb's own
+    /// default is 1 GiB, which a server reading a large store fills; the file stays in the
+    /// operating system's cache either way (docs/BENCHMARKS.md, Server memory).
+    pub cache_mb: usize,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             path: "patron.redb".into(),
+            cache_mb: 256,
         }
     }
 }

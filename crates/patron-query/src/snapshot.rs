@@ -207,6 +207,21 @@ fn build_customers_schema() -> SchemaRef {
 }
 
 impl Snapshot {
+    /// Bytes the per-customer parts hold (the `customers` batches, the digests and the top
+    /// categories); the other tables are a row per segment, day or arm.
+    pub fn customer_bytes(&self) -> usize {
+        let batches: usize = self
+            .customers
+            .iter()
+            .map(RecordBatch::get_array_memory_size)
+            .sum();
+        let digests: usize = self.digests.0.iter().map(|d| d.capacity() * 8).sum();
+        let top = self.top_categories.as_ref().map_or(0, |t| {
+            t.slots.iter().map(|s| s.capacity() * 4).sum::<usize>()
+        });
+        batches + digests + top
+    }
+
     /// Reads the store once and derives every table.
     pub fn build(store: &Store, opts: &SnapshotOptions) -> Result<Self> {
         let reader = store.reader()?;

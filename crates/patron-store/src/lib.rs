@@ -100,17 +100,30 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// The page cache of [`Store::open`], as `[store] cache_mb` has it by default.
+pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
+
 impl Store {
-    /// Opens the store, creating the file and its tables when missing.
+    /// Opens the store, creating the file and its tables when missing, with the default page
+    /// cache ([`DEFAULT_CACHE_BYTES`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_cached(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with a page cache of at most `cache_bytes` (`[store] cache_mb`): reads,
+    /// and writes buffered until their commit (half of it at most; more goes to the file early).
+    pub fn open_cached(path: impl AsRef<Path>, cache_bytes: usize) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             let _ = std::fs::create_dir_all(parent);
         }
-        let db = redb::Database::create(&path).map_err(|source| StoreError::Open {
-            path: path.clone(),
-            source,
-        })?;
+        let db = redb::Builder::new()
+            .set_cache_size(cache_bytes)
+            .create(&path)
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
+            })?;
         let store = Self {
             db: Arc::new(db),
             path,
@@ -120,15 +133,20 @@ impl Store {
         Ok(store)
     }
 
-    /// Opens a store that must already exist (query, export, fit).
+    /// Opens a store that must already exist (query, export, fit), with the default page cache.
     pub fn open_existing(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_existing_cached(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Store::open_existing`] with a page cache of at most `cache_bytes`.
+    pub fn open_existing_cached(path: impl AsRef<Path>, cache_bytes: usize) -> Result<Self> {
         let p = path.as_ref();
         if !p.exists() {
             return Err(StoreError::Missing {
                 path: p.to_path_buf(),
             });
         }
-        Self::open(p)
+        Self::open_cached(p, cache_bytes)
     }
 
     pub fn path(&self) -> &Path {
