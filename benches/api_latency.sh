@@ -73,13 +73,7 @@ if [ ! -f "$IDS" ]; then
 fi
 echo "store: $STORE ($(du -m "$STORE" | cut -f1) MB), $(wc -l < "$IDS") customer ids" >&2
 
-KEY=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-SHA=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
-cat > "$WORK/api.toml" <<TOML
-[api]
-listen = "127.0.0.1:$PORT"
-keys = [{ name = "bench", role = "$ROLE", sha256 = "$SHA" }]
-TOML
+api_config "$WORK/api.toml" "$PORT" "$ROLE"
 if [ "$ENDPOINT" = offers ]; then
     # 20 offers; on channel=web 18 are candidates (2 are for other channels), with predicates
     # from broad to narrow over the customers table (RFM scores and segments, frequency,

@@ -27,3 +27,15 @@ for line in sys.stdin:
     fi
     echo "$exe"
 }
+
+# api_config FILE PORT ROLE: sets KEY to a fresh API key and writes FILE, a `serve` config that
+# listens on 127.0.0.1:PORT and holds the key's SHA-256 with ROLE. Append further sections.
+api_config() {
+    local file=$1 port=$2 role=$3
+    KEY=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    cat > "$file" <<TOML
+[api]
+listen = "127.0.0.1:$port"
+keys = [{ name = "bench", role = "$role", sha256 = "$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)" }]
+TOML
+}

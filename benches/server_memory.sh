@@ -45,13 +45,8 @@ if [ ! -f "$STORE" ]; then
     mv "$STORE.tmp" "$STORE"
 fi
 
-KEY=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
-SHA=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
-cat > "$WORK/serve.toml" <<TOML
-[api]
-listen = "127.0.0.1:$PORT"
-keys = [{ name = "bench", role = "admin", sha256 = "$SHA" }]
-TOML
+. benches/common.sh
+api_config "$WORK/serve.toml" "$PORT" admin
 "$BIN" serve --config "$WORK/serve.toml" --store "$STORE" --log info \
     > "$WORK/serve.out" 2> "$WORK/serve.err" &
 SERVE_PID=$!
@@ -119,4 +114,4 @@ until [ "$(grep -c 'scoring view built' "$WORK/serve.err" || true)" -gt "$BUILT"
     sleep 2
 done
 stage rebuilt "${SECONDS} s after the profiles" | tee -a "$WORK/result.txt"
-grep -E 'scoring view built|CLV models refitted' "$WORK/serve.err" | tail -3 >&2 || true
+grep -E 'scoring view built|CLV models refitted|stopped:' "$WORK/serve.err" | tail -4 >&2 || true

@@ -949,3 +949,51 @@ fn a_changelog_started_on_a_replayed_store_holds_all_of_it() {
         &events,
     );
 }
+
+/// A store replayed from files and then served, with no record arriving: the server sends its
+/// whole state to the changelog as soon as it owns partitions, so an instance that takes over
+/// after it dies (SIGKILL) has every customer, though the topic holds none of their events.
+#[test]
+fn an_idle_server_sends_a_replayed_store_to_the_changelog_at_once() {
+    let dir = test_dir();
+    let broker = Broker::memory();
+    let (first, second) = two_instances(dir.path(), &broker);
+    for setup in [&first, &second] {
+        setup.set_session_timeout("3s");
+    }
+    let (events, _, _) = small_history();
+    let oracle_dir = dir.path().join("oracle");
+    std::fs::create_dir_all(&oracle_dir).expect("an oracle dir");
+    file_oracle(&oracle_dir, &events);
+    let expected = profiles(&oracle_dir.join("oracle.redb"));
+    std::fs::copy(oracle_dir.join("oracle.redb"), &first.store).expect("copy the store");
+
+    let mut a = first.start();
+    wait_owning(&mut [&mut a], 4);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let status = a.status().unwrap_or_default();
+        if counter(&status, &["changelog", "records_sent"]) > expected.len() as u64
+            && status["changelog"]["pending_checkpoints"] == 0
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle server never sent its store to the changelog: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    a.kill();
+
+    let mut b = second.start();
+    wait_owning(&mut [&mut b], 4);
+    wait_settled(&mut [&mut b], &TopicEnds::default(), 4);
+    let status = b.status().expect("status");
+    assert!(
+        counter(&status, &["changelog", "restored_profiles"]) >= expected.len() as u64,
+        "B restored every profile: {status:#}"
+    );
+    b.terminate();
+    assert_same_profiles(&profiles(&second.store), &expected);
+}

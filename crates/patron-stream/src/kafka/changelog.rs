@@ -115,14 +115,24 @@ pub struct ChangelogCounts {
     pub restored_profiles: u64,
 }
 
+/// What [`Changelog::prepare`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TopicState {
+    /// Not yet asked: no partition count before the first assignment. Outbox rows wait.
+    Unknown,
+    Ready,
+    /// It cannot hold every partition: the changelog is off and rows are dropped as sent.
+    Off,
+}
+
 pub struct Changelog {
     topic: String,
     brokers: String,
     source_key: String,
     store_id: String,
     producer: BaseProducer<DeliveryLog>,
-    /// The topic exists with enough partitions; until then (or if it cannot) nothing is sent.
-    ready: bool,
+    /// Whether the topic exists with enough partitions: nothing is sent until it does.
+    topic_state: TopicState,
     next_opaque: u64,
     last_warning: Option<Instant>,
     /// The round in flight.
@@ -131,6 +141,9 @@ pub struct Changelog {
     removing: HashSet<u64>,
     /// Rows not yet in the topic, as of the last round.
     unsent: u64,
+    /// The topic just became ready: the next checkpoint looks for rows to send (left from the
+    /// last run, or every key of a store the changelog did not follow), records or not.
+    look: bool,
     pub counts: ChangelogCounts,
 }
 
@@ -157,12 +170,13 @@ impl Changelog {
             source_key: source_key.to_owned(),
             store_id: store_id.to_owned(),
             producer,
-            ready: false,
+            topic_state: TopicState::Unknown,
             next_opaque: 0,
             last_warning: None,
             round: None,
             removing: HashSet::new(),
             unsent: 0,
+            look: false,
             counts: ChangelogCounts::default(),
         })
     }
@@ -172,12 +186,12 @@ impl Changelog {
     }
 
     pub fn ready(&self) -> bool {
-        self.ready
+        self.topic_state == TopicState::Ready
     }
 
     /// Whether a checkpoint is needed for the outbox (rows to send, or deliveries to record).
     pub fn owed(&self) -> bool {
-        self.unsent > 0 || self.round.is_some() || !self.removing.is_empty()
+        self.unsent > 0 || self.round.is_some() || !self.removing.is_empty() || self.look
     }
 
     /// Checkpoints whose changes the topic does not hold yet.
@@ -188,16 +202,25 @@ impl Changelog {
     /// Makes sure the topic exists with `partitions` partitions (the source's count). A topic
     /// with fewer cannot hold every partition's state: the changelog stays off, with a warning.
     pub fn prepare(&mut self, partitions: u32) {
-        if self.ready || partitions == 0 {
+        if self.ready() || partitions == 0 {
             return;
         }
-        match ensure_compacted_topic(&self.brokers, &self.topic, partitions) {
-            Ok(found) if found >= partitions => self.ready = true,
-            Ok(found) => warn!(
-                "changelog topic {} has {found} partitions, the source has {partitions}: no changelog (recreate it with {partitions})",
-                self.topic
-            ),
-            Err(e) => warn!("no changelog: {e}"),
+        self.topic_state = match ensure_compacted_topic(&self.brokers, &self.topic, partitions) {
+            Ok(found) if found >= partitions => {
+                self.look = true;
+                TopicState::Ready
+            }
+            Ok(found) => {
+                warn!(
+                    "changelog topic {} has {found} partitions, the source has {partitions}: no changelog (recreate it with {partitions})",
+                    self.topic
+                );
+                TopicState::Off
+            }
+            Err(e) => {
+                warn!("no changelog: {e}");
+                TopicState::Off
+            }
         }
     }
 
@@ -215,6 +238,12 @@ impl Changelog {
         owned: &BTreeSet<u32>,
         settled: bool,
     ) -> Result<()> {
+        if self.topic_state == TopicState::Unknown {
+            // A checkpoint before the first assignment (deliveries left from the last run):
+            // the rows wait for the topic, and are not owed before it.
+            return Ok(());
+        }
+        self.look = false;
         self.collect(applier);
         let snapshot = applier.snapshot();
         let all = snapshot.pending_changes()?;
@@ -230,7 +259,7 @@ impl Changelog {
             return Ok(());
         }
         let seqs: Vec<u64> = rows.iter().map(|(seq, _)| *seq).collect();
-        if !self.ready {
+        if self.topic_state == TopicState::Off {
             self.unsent = 0;
             self.removing.extend(seqs.iter().copied());
             applier.stage_changes_delivered(seqs);
@@ -358,7 +387,7 @@ impl Changelog {
     /// last marker confirms, or `None` when it holds no marker (nothing was ever written).
     pub fn read(&self, partitions: &[u32]) -> Result<BTreeMap<u32, Option<Found>>> {
         let mut out: BTreeMap<u32, Option<Found>> = BTreeMap::new();
-        if !self.ready || partitions.is_empty() {
+        if !self.ready() || partitions.is_empty() {
             return Ok(out);
         }
         let consumer: BaseConsumer<EndIsNoError> = client_config(&self.brokers)
@@ -556,6 +585,50 @@ fn value_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use patron_core::decode::Decoder;
+    use patron_core::state::ApplyContext;
+    use patron_core::time::now_millis;
+    use patron_store::Store;
+
+    /// A checkpoint can come before the first assignment (deliveries left from the last run);
+    /// the topic is not known yet, so the outbox rows must stay for it, not count as sent.
+    #[test]
+    fn outbox_rows_wait_for_the_first_assignment() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::open(dir.path().join("state.redb")).expect("a store");
+        let mut applier =
+            Applier::open(store.clone(), ApplyContext::default()).expect("an applier");
+        applier.track_changes().expect("tracking");
+        let event = Decoder::default()
+            .decode(
+                br#"{"type":"purchase","event_id":"e1","ts":"2025-03-01T10:00:00Z","customer_id":"c1","amount":"10.00"}"#,
+                now_millis(),
+            )
+            .expect("an event");
+        applier.apply(&event, 0).expect("applied");
+        applier.checkpoint().expect("a checkpoint");
+        let pending = || {
+            store
+                .reader()
+                .expect("a reader")
+                .pending_changes()
+                .expect("rows")
+        };
+        assert_eq!(pending().len(), 1);
+
+        // No broker listens there: nothing may be sent, and creating the producer needs none.
+        let mut changelog =
+            Changelog::open("127.0.0.1:9", "events", "kafka:events", "store").expect("opened");
+        changelog
+            .after_checkpoint(&mut applier, &BTreeSet::from([0]), true)
+            .expect("after the checkpoint");
+        assert!(
+            !changelog.owed(),
+            "nothing is owed before the topic is known"
+        );
+        applier.checkpoint().expect("a checkpoint");
+        assert_eq!(pending().len(), 1, "the row waits for the topic");
+    }
 
     fn marker(next_offset: u64) -> Vec<u8> {
         codec::encode(&Marker {
