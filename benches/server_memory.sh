@@ -8,7 +8,8 @@
 #      - view: after the first SQL query, which builds the scoring view (every customer scored);
 #      - kpis: after GET /v1/kpis;
 #      - profiles: after PROFILE_READS random GET /v1/customers/{id} (fills the profile cache);
-#      - rebuilt: after the view is rebuilt once more (the old one is kept while it builds).
+#      - rebuilt: after the view is rebuilt once more (the old one is kept while it builds),
+#        and LINGER (default 3) times 20 s later.
 #
 #   benches/server_memory.sh                          # 10M customers, 90 days (~76M events)
 #   CUSTOMERS=1000000 DAYS=365 benches/server_memory.sh   # the API benchmark's store
@@ -71,13 +72,17 @@ stage() { printf '| %s | %s MiB | %s MiB | %s |\n' "$1" "$(mib VmRSS)" "$(mib Vm
 } | tee "$WORK/result.txt"
 stage ready "" | tee -a "$WORK/result.txt"
 
+# The first query waits for the view; past the request timeout it answers 503, so ask again.
 SECONDS=0
-COUNT=$(curl -sf "${AUTH[@]}" -H 'content-type: application/json' \
-    -d '{"sql": "SELECT count(*) AS n FROM customers"}' "$URL/v1/query")
+until COUNT=$(curl -sf "${AUTH[@]}" -H 'content-type: application/json' \
+    -d '{"sql": "SELECT count(*) AS n FROM customers"}' "$URL/v1/query"); do
+    [ $SECONDS -lt 900 ] || { echo "no view after 900 s" >&2; exit 1; }
+    sleep 2
+done
 stage view "${SECONDS} s; $COUNT" | tee -a "$WORK/result.txt"
 
 SECONDS=0
-curl -sf -o /dev/null "${AUTH[@]}" "$URL/v1/kpis"
+curl -sf -o /dev/null "${AUTH[@]}" "$URL/v1/kpis" || echo "GET /v1/kpis failed" >&2
 stage kpis "${SECONDS} s" | tee -a "$WORK/result.txt"
 
 # Ids of customers c0000000 .. (the generator's form), read in a random order.
@@ -114,4 +119,9 @@ until [ "$(grep -c 'scoring view built' "$WORK/serve.err" || true)" -gt "$BUILT"
     sleep 2
 done
 stage rebuilt "${SECONDS} s after the profiles" | tee -a "$WORK/result.txt"
+# Whether the old view's memory goes back to the system once nothing uses it.
+for i in $(seq "${LINGER:-3}"); do
+    sleep 20
+    stage "rebuilt + $((20 * i)) s" "" | tee -a "$WORK/result.txt"
+done
 grep -E 'scoring view built|CLV models refitted|stopped:' "$WORK/serve.err" | tail -4 >&2 || true
