@@ -128,6 +128,8 @@ fn crash_loop() {
             }
             p.finish()
         });
+        // Frees the producer when the kills end, by panic too (the scope joins it).
+        let release = ReleaseOnDrop(&landed);
         while mid_ingest < KILLS && processed_at_kill.len() < 2 * KILLS {
             // A restarted serve waits for the group to hand it partitions (tansu keeps a
             // killed member's partitions for the session timeout); kill only once it commits
@@ -147,8 +149,7 @@ fn crash_loop() {
             }
             serve = setup.start();
         }
-        // Unblocks the producer if the kills gave up.
-        landed.store(KILLS, Ordering::SeqCst);
+        drop(release);
         (producer.join().expect("the producer thread"), serve)
     });
 
@@ -167,6 +168,16 @@ fn crash_loop() {
          {processed_at_kill:?} of {total}",
         processed_at_kill.len()
     );
+}
+
+/// Sets the crash loop's count of landed kills to [`KILLS`] when dropped, which lets its
+/// producer send everything.
+struct ReleaseOnDrop<'a>(&'a AtomicUsize);
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(KILLS, Ordering::SeqCst);
+    }
 }
 
 /// Records serve has committed (applied, rejected or duplicate), per `/v1/status`.

@@ -32,6 +32,9 @@ pub struct PatronConfig {
     pub objectives: Vec<ObjectiveConfig>,
 }
 
+/// `[store] cache_mb` by default.
+pub const DEFAULT_STORE_CACHE_MB: usize = 256;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
@@ -47,7 +50,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             path: "patron.redb".into(),
-            cache_mb: 256,
+            cache_mb: DEFAULT_STORE_CACHE_MB,
         }
     }
 }

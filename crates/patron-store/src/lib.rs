@@ -100,8 +100,8 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// The page cache of [`Store::open`], as `[store] cache_mb` has it by default.
-pub const DEFAULT_CACHE_BYTES: usize = 256 << 20;
+/// The page cache of [`Store::open`]: `[store] cache_mb`'s default.
+pub const DEFAULT_CACHE_BYTES: usize = patron_core::config::DEFAULT_STORE_CACHE_MB << 20;
 
 impl Store {
     /// Opens the store, creating the file and its tables when missing, with the default page
