@@ -121,16 +121,7 @@ fn bad_config_value_and_env_override_are_reported() {
 #[test]
 fn query_refuses_writes_and_file_access() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("s.redb");
-    run_ok(&[
-        "--config",
-        path_str(&golden("patron.toml")),
-        "replay",
-        "--input",
-        path_str(&golden("events.jsonl")),
-        "--store",
-        path_str(&store),
-    ]);
+    let (store, _) = replay_golden(dir.path());
     for sql in [
         "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'",
         "INSERT INTO customers (customer_id) VALUES ('x')",

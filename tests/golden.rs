@@ -7,22 +7,6 @@ mod common;
 
 use common::*;
 
-fn replay_golden(dir: &std::path::Path) -> (std::path::PathBuf, String) {
-    let store = dir.join("golden.redb");
-    let out = run_ok(&[
-        "--config",
-        path_str(&golden("patron.toml")),
-        "replay",
-        "--input",
-        path_str(&golden("events.jsonl")),
-        "--store",
-        path_str(&store),
-        "--dead-letter",
-        path_str(&dir.join("dead.jsonl")),
-    ]);
-    (store, out)
-}
-
 fn query_csv(store: &std::path::Path, sql: &str) -> String {
     run_ok(&[
         "--config",

@@ -47,7 +47,7 @@ pub(crate) fn build_snapshot(
     if let Some(model) = patron_query::clv::load_model(store).map_err(Failure::runtime)? {
         opts.clv = Some((model.model(), model.options(&config.clv)));
     }
-    Snapshot::build(store, &opts).map_err(|e| match e {
+    Snapshot::build_beside_store(store, &opts).map_err(|e| match e {
         patron_query::QueryError::SegmentPredicate { .. } => Failure::Usage(e.to_string()),
         other => Failure::runtime(other),
     })

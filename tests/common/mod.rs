@@ -73,3 +73,21 @@ pub const RFM_SQL: &str = "SELECT customer_id, frequency, monetary, recency_days
 fn manifest_dir() -> String {
     std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_owned())
 }
+
+/// Replays the golden events into `dir/golden.redb` (dead letters to `dir/dead.jsonl`): the
+/// store's path and the replay's summary.
+pub fn replay_golden(dir: &Path) -> (PathBuf, String) {
+    let store = dir.join("golden.redb");
+    let out = run_ok(&[
+        "--config",
+        path_str(&golden("patron.toml")),
+        "replay",
+        "--input",
+        path_str(&golden("events.jsonl")),
+        "--store",
+        path_str(&store),
+        "--dead-letter",
+        path_str(&dir.join("dead.jsonl")),
+    ]);
+    (store, out)
+}

@@ -82,7 +82,10 @@ impl View {
                 half_life_ms: crate::customers::half_life_ms(config),
             });
         }
-        let snapshot = Snapshot::build(store, &opts).map_err(ApiError::internal)?;
+        // The per-customer tables live in a file beside the store, mapped: a view over
+        // millions of customers would otherwise be most of the server's heap (twice over while
+        // a rebuild runs).
+        let snapshot = Snapshot::build_beside_store(store, &opts).map_err(ApiError::internal)?;
         let schema = customers_schema();
         let predicates = config
             .segments
@@ -245,6 +248,7 @@ async fn build(store: Store, config: Arc<PatronConfig>) -> Result<Arc<View>, Api
                 .sum::<usize>(),
             build_ms = view.build_time.as_millis() as u64,
             customer_mb = view.snapshot.customer_bytes() >> 20,
+            spilled_mb = view.snapshot.customers_spilled >> 20,
             "scoring view built"
         );
         // The KPI set of as_of's day, for the history (the last build of a day wins).

@@ -17,6 +17,7 @@ pub mod clv;
 pub mod kpi;
 pub mod output;
 pub mod snapshot;
+pub mod spill;
 pub mod sql;
 
 pub use snapshot::{Snapshot, SnapshotOptions};

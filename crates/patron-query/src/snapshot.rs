@@ -1,6 +1,7 @@
 //! The SQL tables, derived from one read snapshot as of one instant.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -26,6 +27,7 @@ use patron_store::scan::{BaseColumns, timestamp_type};
 use patron_store::{DailyTotals, Store, StoreReader};
 
 use crate::kpi::{DailySeries, DayKpis, PopulationStats};
+use crate::spill::BatchSink;
 use crate::{QueryError, Result};
 
 /// What a snapshot is computed against.
@@ -42,6 +44,9 @@ pub struct SnapshotOptions {
     /// Also rank every customer's categories by decayed spend as of the snapshot's clock (the
     /// API's scoring views, for offers' affinity); `None` skips the work.
     pub top_categories: Option<TopCategoryOptions>,
+    /// Keep the per-customer tables in unnamed files in this directory, mapped, instead of on
+    /// the heap ([`crate::spill`]); `None` keeps them in memory.
+    pub spill_dir: Option<PathBuf>,
 }
 
 /// How [`CustomerState::top_categories`] is asked, as `[engagement]` configures it.
@@ -61,6 +66,7 @@ impl SnapshotOptions {
             clv: None,
             batch_rows: 65_536,
             top_categories: None,
+            spill_dir: None,
         }
     }
 }
@@ -70,6 +76,9 @@ impl SnapshotOptions {
 pub struct Snapshot {
     pub as_of: Option<Millis>,
     pub customers: Vec<RecordBatch>,
+    /// Bytes of the file [`Self::customers`] maps when it was spilled ([`crate::spill`]), 0
+    /// when it is on the heap.
+    pub customers_spilled: usize,
     pub segments: RecordBatch,
     pub kpi_daily: RecordBatch,
     pub offer_stats: RecordBatch,
@@ -207,19 +216,44 @@ fn build_customers_schema() -> SchemaRef {
 }
 
 impl Snapshot {
-    /// Bytes the per-customer parts hold (the `customers` batches, the digests and the top
-    /// categories); the other tables are a row per segment, day or arm.
+    /// Heap bytes the per-customer parts hold (the `customers` batches unless they were
+    /// spilled, the digests and the top categories); the other tables are a row per segment,
+    /// day or arm.
     pub fn customer_bytes(&self) -> usize {
-        let batches: usize = self
-            .customers
-            .iter()
-            .map(RecordBatch::get_array_memory_size)
-            .sum();
+        let batches: usize = if self.customers_spilled > 0 {
+            0
+        } else {
+            self.customers
+                .iter()
+                .map(RecordBatch::get_array_memory_size)
+                .sum()
+        };
         let digests: usize = self.digests.0.iter().map(|d| d.capacity() * 8).sum();
         let top = self.top_categories.as_ref().map_or(0, |t| {
             t.slots.iter().map(|s| s.capacity() * 4).sum::<usize>()
         });
         batches + digests + top
+    }
+
+    /// [`Self::build`] with the per-customer tables spilled to the store's own directory
+    /// ([`crate::spill`]), which has room for the store; in memory if that directory cannot
+    /// take the file (a read-only mount, say), with a warning.
+    pub fn build_beside_store(store: &Store, opts: &SnapshotOptions) -> Result<Self> {
+        let dir = match store.path().parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let spilled = SnapshotOptions {
+            spill_dir: Some(dir),
+            ..opts.clone()
+        };
+        match Self::build(store, &spilled) {
+            Err(QueryError::Io { path, source }) => {
+                tracing::warn!(dir = %path.display(), error = %source, "cannot spill the customers table; building it in memory");
+                Self::build(store, opts)
+            }
+            built => built,
+        }
     }
 
     /// Reads the store once and derives every table.
@@ -236,7 +270,9 @@ impl Snapshot {
             index: Default::default(),
             out: TopCategories::new(options.k),
         });
-        let (base, digests, population) = scan(&reader, opts.batch_rows, categories.as_mut())?;
+        let spill = opts.spill_dir.as_deref();
+        let mut base = BatchSink::new(spill, &patron_store::scan::base_schema())?;
+        let (digests, population) = scan(&reader, opts.batch_rows, &mut base, categories.as_mut())?;
         let daily = reader.daily_all()?;
         let arms = reader.all_offer_counts()?;
         let shown: std::collections::HashSet<(String, String)> =
@@ -244,18 +280,24 @@ impl Snapshot {
         drop(reader);
         let catalog = store.offer_catalog()?;
 
+        // Each batch is derived and written on before the next, so with a spill directory the
+        // heap never holds more than one batch of either table.
+        let (base, _) = base.finish()?;
         let dist = distribution(&base);
-        let mut customers = Vec::with_capacity(base.len());
+        let user_segments = UserSegments::compile(&opts.segments)?;
+        let mut customers = BatchSink::new(spill, &customers_schema())?;
         for b in &base {
-            customers.push(derive(b, &dist, as_of, opts)?);
+            customers.push(user_segments.add(derive(b, &dist, as_of, opts)?)?)?;
         }
-        let customers = add_user_segments(customers, &opts.segments)?;
+        drop(base);
+        let (customers, customers_spilled) = customers.finish()?;
         let segments = segments_table(&customers, &opts.rfm_map, &opts.segments)?;
         let offer_uplift = offer_uplift(&customers, &catalog, &shown, as_of)?;
         Ok(Self {
             offer_uplift,
             as_of,
             customers,
+            customers_spilled,
             segments,
             kpi_daily: kpi_daily_table(&daily)?,
             offer_stats: offer_stats_table(&arms)?,
@@ -300,9 +342,10 @@ impl Snapshot {
 fn scan(
     reader: &StoreReader,
     batch_rows: usize,
+    out: &mut BatchSink,
     mut categories: Option<&mut TopCategoryScan>,
-) -> Result<(Vec<RecordBatch>, ProfileDigests, PopulationStats)> {
-    let mut out = Vec::new();
+) -> Result<(ProfileDigests, PopulationStats)> {
+    let mut batches = 0;
     let mut digests = vec![Vec::with_capacity(batch_rows)];
     let mut stats = PopulationStats::default();
     let mut cols = BaseColumns::with_capacity(batch_rows);
@@ -315,9 +358,13 @@ fn scan(
         }
         digests.last_mut().expect("one open batch").push(digest);
         if cols.len() >= batch_rows && err.is_none() {
-            match cols.finish() {
-                Ok(b) => {
-                    out.push(b);
+            match cols
+                .finish()
+                .map_err(QueryError::from)
+                .and_then(|b| out.push(b))
+            {
+                Ok(()) => {
+                    batches += 1;
                     digests.push(Vec::with_capacity(batch_rows));
                 }
                 Err(e) => err = Some(e),
@@ -325,13 +372,14 @@ fn scan(
         }
     })?;
     if let Some(e) = err {
-        return Err(e.into());
+        return Err(e);
     }
     if !cols.is_empty() {
-        out.push(cols.finish()?);
+        out.push(cols.finish()?)?;
+        batches += 1;
     }
-    digests.truncate(out.len());
-    Ok((out, ProfileDigests(digests), stats))
+    digests.truncate(batches);
+    Ok((ProfileDigests(digests), stats))
 }
 
 fn distribution(base: &[RecordBatch]) -> RfmDistribution {
@@ -551,54 +599,65 @@ impl CompiledPredicate {
     }
 }
 
-fn add_user_segments(
-    batches: Vec<RecordBatch>,
-    segments: &[SegmentConfig],
-) -> Result<Vec<RecordBatch>> {
-    if segments.is_empty() {
-        return Ok(batches);
-    }
-    let schema = customers_schema();
-    let compiled = segments
-        .iter()
-        .map(|s| {
-            CompiledPredicate::compile(&s.predicate, &schema).map_err(|message| {
-                QueryError::SegmentPredicate {
-                    name: s.name.clone(),
-                    message,
-                }
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let seg_idx = schema.index_of("segments").expect("segments column");
-    batches
-        .into_iter()
-        .map(|b| {
-            let matches = compiled
-                .iter()
-                .zip(segments)
-                .map(|(c, s)| {
-                    c.evaluate(&b)
-                        .map_err(|message| QueryError::SegmentPredicate {
-                            name: s.name.clone(),
-                            message,
-                        })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let mut lb = ListBuilder::new(StringBuilder::new());
-            for row in 0..b.num_rows() {
-                for (mask, s) in matches.iter().zip(segments) {
-                    if mask.is_valid(row) && mask.value(row) {
-                        lb.values().append_value(&s.name);
+/// The configured segments' predicates, compiled once for every batch of a build.
+struct UserSegments<'a> {
+    segments: &'a [SegmentConfig],
+    compiled: Vec<CompiledPredicate>,
+    schema: SchemaRef,
+}
+
+impl<'a> UserSegments<'a> {
+    fn compile(segments: &'a [SegmentConfig]) -> Result<Self> {
+        let schema = customers_schema();
+        let compiled = segments
+            .iter()
+            .map(|s| {
+                CompiledPredicate::compile(&s.predicate, &schema).map_err(|message| {
+                    QueryError::SegmentPredicate {
+                        name: s.name.clone(),
+                        message,
                     }
-                }
-                lb.append(true);
-            }
-            let mut cols = b.columns().to_vec();
-            cols[seg_idx] = Arc::new(lb.finish());
-            Ok(RecordBatch::try_new(schema.clone(), cols)?)
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            segments,
+            compiled,
+            schema,
         })
-        .collect()
+    }
+
+    /// `b` with its `segments` column filled in.
+    fn add(&self, b: RecordBatch) -> Result<RecordBatch> {
+        if self.segments.is_empty() {
+            return Ok(b);
+        }
+        let matches = self
+            .compiled
+            .iter()
+            .zip(self.segments)
+            .map(|(c, s)| {
+                c.evaluate(&b)
+                    .map_err(|message| QueryError::SegmentPredicate {
+                        name: s.name.clone(),
+                        message,
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut lb = ListBuilder::new(StringBuilder::new());
+        for row in 0..b.num_rows() {
+            for (mask, s) in matches.iter().zip(self.segments) {
+                if mask.is_valid(row) && mask.value(row) {
+                    lb.values().append_value(&s.name);
+                }
+            }
+            lb.append(true);
+        }
+        let seg_idx = self.schema.index_of("segments").expect("segments column");
+        let mut cols = b.columns().to_vec();
+        cols[seg_idx] = Arc::new(lb.finish());
+        Ok(RecordBatch::try_new(self.schema.clone(), cols)?)
+    }
 }
 
 fn segments_table(
