@@ -198,6 +198,27 @@ impl StoreReader {
         Ok(out)
     }
 
+    /// Every scope's link of `id` (scope, the id it was merged into), lowest scope first.
+    pub fn links_of(&self, id: &str) -> Result<Vec<(u32, String)>> {
+        let mut out = Vec::new();
+        for entry in self.aliases.range((id, 0)..=(id, u32::MAX))? {
+            let (k, v) = entry?;
+            out.push((k.value().1, v.value().to_owned()));
+        }
+        Ok(out)
+    }
+
+    /// Calls `f` with every alias link's id and scope (the id once per scope), in key order,
+    /// without collecting them.
+    pub fn for_each_link_id(&self, mut f: impl FnMut(&str, u32)) -> Result<()> {
+        for entry in self.aliases.iter()? {
+            let (k, _) = entry?;
+            let (id, scope) = k.value();
+            f(id, scope);
+        }
+        Ok(())
+    }
+
     pub fn counters(&self) -> Result<StoreCounters> {
         match self.meta.get(META_COUNTERS)? {
             Some(v) => codec::decode("meta", META_COUNTERS, v.value()),

@@ -50,7 +50,7 @@ pub struct Applier {
     profiles: HashMap<String, CachedProfile, foldhash::fast::RandomState>,
     /// Every alias link by (merged id, scope) (see [`identity`]), held in memory so resolving an
     /// id never touches the store. Links are few next to profiles (only merged ids have one).
-    aliases: identity::Scoped<String>,
+    links: identity::Links,
     /// Erased ids and when, by scope; like links, few and held in memory.
     tombstones: identity::Scoped<Millis>,
     /// Links and tombstones changed since the last checkpoint.
@@ -111,10 +111,10 @@ impl Applier {
     pub fn open(store: Store, ctx: ApplyContext) -> Result<Self> {
         let snapshot = store.reader()?;
         let counters = snapshot.counters()?;
-        let aliases: identity::Scoped<String> = snapshot.all_aliases()?.into_iter().collect();
+        let links = identity::Links::load(&snapshot)?;
         let tombstones = snapshot.all_tombstones()?.into_iter().collect();
         // A new store is complete: the changelog gets every key it will ever hold.
-        let changelog_complete = snapshot.profile_count()? == 0 && aliases.is_empty()
+        let changelog_complete = snapshot.profile_count()? == 0 && links.is_empty()
             || snapshot.meta(META_CHANGELOG_COMPLETE)?.as_deref() == Some(&[1]);
         let erasure = ErasureChanges {
             counters: snapshot.erasures()?,
@@ -125,7 +125,7 @@ impl Applier {
             snapshot,
             ctx,
             profiles: HashMap::default(),
-            aliases,
+            links,
             tombstones,
             dirty_links: HashSet::new(),
             dirty_tombstones: HashSet::new(),
@@ -211,7 +211,7 @@ impl Applier {
         }
         self.snapshot = self.store.reader()?;
         self.profiles.clear();
-        self.aliases = self.snapshot.all_aliases()?.into_iter().collect();
+        self.links = identity::Links::load(&self.snapshot)?;
         self.tombstones = self.snapshot.all_tombstones()?.into_iter().collect();
         self.positions.retain(|(source, p), _| {
             *p != image.partition || !source.starts_with(&image.source_prefix)
@@ -378,7 +378,7 @@ impl Applier {
             return Ok(ApplyOutcome::Erased);
         }
         let canonical = if follow {
-            self.resolve(id)
+            self.resolve(id)?
         } else {
             id.to_owned()
         };
@@ -489,7 +489,7 @@ impl Applier {
     /// tombstone at `at` on each id. Daily revenue and orders keep the customer's share (they
     /// are aggregates, not personal data); the day's new-customer count drops it.
     fn erase(&mut self, id: &str, target: &str, at: Millis) -> Result<()> {
-        let canonical = self.resolve(target);
+        let canonical = self.resolve(target)?;
         let scope = self.profiles.get(&canonical).map_or(0, |p| p.scope);
         let mut ids: Vec<String> = vec![id.to_owned(), target.to_owned(), canonical.clone()];
         if let Some(state) = self.load(&canonical, scope)?.state.as_ref() {
@@ -512,7 +512,7 @@ impl Applier {
                     }
                 }
             }
-            self.forget(erased, at);
+            self.forget(erased, at)?;
         }
         self.forget_elsewhere(&ids, at);
         self.drop_contacts(&ids);
@@ -539,9 +539,10 @@ impl Applier {
 
     /// Drops `id`'s link and keeps a tombstone on it at `at` (or later), so its old events are
     /// dropped: for every id an erasure covers, and where an erasure passes through.
-    fn forget(&mut self, id: &str, at: Millis) {
-        self.put_tombstone(id, at);
+    fn forget(&mut self, id: &str, at: Millis) -> Result<()> {
+        self.put_tombstone(id, at)?;
         self.erasure.dirty = true;
+        Ok(())
     }
 
     /// Keeps `new_customers` per day right when a profile's first purchase appears or moves.
@@ -560,7 +561,7 @@ impl Applier {
 
     /// Merges the profile known as `merged` into `canonical` and links the id for later events.
     fn fold_in(&mut self, merged: &str, canonical: &str) -> Result<()> {
-        let source = self.resolve(merged);
+        let source = self.resolve(merged)?;
         if source == canonical {
             return Ok(());
         }
@@ -692,6 +693,7 @@ impl Applier {
         }
         self.store.commit(&cp)?;
         self.snapshot = self.store.reader()?;
+        self.links.committed();
         self.profiles.retain(|_, p| p.state.is_some());
         if self.profiles.len() > self.cache_limit {
             self.profiles.clear();

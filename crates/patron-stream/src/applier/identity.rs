@@ -20,13 +20,16 @@
 //! [`patron_store::tables::LEGACY_SCOPE`], which every record sees, until the writer knows the
 //! partition count; then they move to their home scopes ([`Applier::rehome_legacy`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 
+use foldhash::fast::FixedState;
 use patron_core::time::Millis;
 use patron_store::tables::LEGACY_SCOPE;
-use patron_store::{ChangeKind, Checkpoint, ScopedId};
+use patron_store::{ChangeKind, Checkpoint, ScopedId, StoreReader};
 
 use super::{Applier, home_partition};
+use crate::Result;
 
 /// Values by id, each under one or more scopes (a link usually has one or two).
 pub(super) struct Scoped<T> {
@@ -111,6 +114,115 @@ impl<T> Scoped<T> {
     }
 }
 
+/// Alias links, read through the store.
+///
+/// A store of millions of customers holds millions of links; held as strings they were the
+/// writer's largest allocation, about 130 bytes a link. Committed links stay in the store and
+/// are read through the writer's snapshot. In memory are only the hashes of their ids, so a
+/// record whose id links nowhere (most records) costs a hash lookup and no read. Links changed
+/// since the last checkpoint are held in full, and shadow the store's.
+pub(super) struct Links {
+    /// Changes since the last checkpoint, by (id, scope): `Some` links, `None` removed.
+    pending: Scoped<Option<String>>,
+    /// The hash of every id with a committed link. A removal leaves its hash behind; a stale
+    /// or colliding hash costs one read that finds nothing.
+    committed: HashSet<u64, FixedState>,
+    /// Whether the store may hold links under [`LEGACY_SCOPE`] not yet moved home.
+    legacy: bool,
+}
+
+/// The hash [`Links`] keeps of an id (fixed, so it is the same in every run).
+fn id_hash(id: &str) -> u64 {
+    FixedState::with_seed(0x7061_7472_6f6e).hash_one(id)
+}
+
+impl Links {
+    /// The committed links' ids, from one pass over the store's table.
+    pub(super) fn load(snapshot: &StoreReader) -> Result<Self> {
+        let mut committed = HashSet::with_hasher(FixedState::default());
+        let mut legacy = false;
+        snapshot.for_each_link_id(|id, scope| {
+            committed.insert(id_hash(id));
+            legacy |= scope == LEGACY_SCOPE;
+        })?;
+        Ok(Self {
+            pending: Scoped::default(),
+            committed,
+            legacy,
+        })
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.committed.is_empty() && self.pending.is_empty()
+    }
+
+    /// Every scope's link of `id`, lowest scope first.
+    fn all(&self, snapshot: &StoreReader, id: &str) -> Result<Vec<(u32, String)>> {
+        let mut out = if self.committed.contains(&id_hash(id)) {
+            snapshot.links_of(id)?
+        } else {
+            Vec::new()
+        };
+        let mut changed = false;
+        for (scope, change) in self.pending.all(id) {
+            out.retain(|(s, _)| *s != scope);
+            if let Some(to) = change {
+                out.push((scope, to.clone()));
+            }
+            changed = true;
+        }
+        if changed {
+            out.sort_unstable_by_key(|(s, _)| *s);
+        }
+        Ok(out)
+    }
+
+    fn get(&self, snapshot: &StoreReader, id: &str, scope: u32) -> Result<Option<String>> {
+        if let Some(change) = self.pending.get(id, scope) {
+            return Ok(change.clone());
+        }
+        Ok(self
+            .all(snapshot, id)?
+            .into_iter()
+            .find(|(s, _)| *s == scope)
+            .map(|(_, to)| to))
+    }
+
+    fn set(&mut self, id: &str, scope: u32, to: Option<String>) {
+        self.pending.insert(id, scope, to);
+    }
+
+    /// What the next checkpoint writes for (id, scope): the link, or `None` to delete it.
+    fn change(&self, id: &str, scope: u32) -> Option<String> {
+        self.pending.get(id, scope).cloned().flatten()
+    }
+
+    /// The checkpoint holding the pending changes has committed: the snapshot reads them now.
+    pub(super) fn committed(&mut self) {
+        for id in self.pending.by_id.keys() {
+            self.committed.insert(id_hash(id));
+        }
+        self.pending = Scoped::default();
+    }
+
+    /// Takes the committed links of [`LEGACY_SCOPE`] out (one pass over the table, once).
+    fn take_legacy(&mut self, snapshot: &StoreReader) -> Result<Vec<(String, String)>> {
+        if !std::mem::take(&mut self.legacy) {
+            return Ok(Vec::new());
+        }
+        let links: Vec<(String, String)> = snapshot
+            .all_aliases()?
+            .into_iter()
+            .filter(|((_, scope), _)| *scope == LEGACY_SCOPE)
+            .map(|((id, _), to)| (id, to))
+            .collect();
+        for (id, _) in &links {
+            self.set(id, LEGACY_SCOPE, None);
+        }
+        Ok(links)
+    }
+}
+
 impl Applier {
     /// Whether the record being applied sees `scope`: with routing, its own partition's (and
     /// the legacy scope); without, every scope.
@@ -119,11 +231,13 @@ impl Applier {
     }
 
     /// The id `id` links to directly, as the record being applied sees it.
-    pub(super) fn link_of(&self, id: &str) -> Option<&str> {
-        self.aliases
-            .all(id)
+    pub(super) fn link_of(&self, id: &str) -> Result<Option<String>> {
+        Ok(self
+            .links
+            .all(&self.snapshot, id)?
+            .into_iter()
             .find(|(scope, _)| self.sees(*scope))
-            .map(|(_, to)| to.as_str())
+            .map(|(_, to)| to))
     }
 
     /// The latest erasure of `id`, as the record being applied sees it.
@@ -136,15 +250,15 @@ impl Applier {
     }
 
     /// The canonical id `id` resolves to through the links the record being applied sees.
-    pub(super) fn resolve(&self, id: &str) -> String {
-        let mut current = id;
+    pub(super) fn resolve(&self, id: &str) -> Result<String> {
+        let mut current = id.to_owned();
         for _ in 0..32 {
-            match self.link_of(current) {
+            match self.link_of(&current)? {
                 Some(next) => current = next,
                 None => break,
             }
         }
-        current.to_owned()
+        Ok(current)
     }
 
     /// The scopes a new link or tombstone of `id` goes in: the partition of the record being
@@ -168,7 +282,7 @@ impl Applier {
     }
 
     fn set_link(&mut self, id: &str, scope: u32, target: &str) {
-        self.aliases.insert(id, scope, target.to_owned());
+        self.links.set(id, scope, Some(target.to_owned()));
         self.dirty_links.insert((id.to_owned(), scope));
         self.changed_in(scope, ChangeKind::Alias, id);
     }
@@ -184,15 +298,16 @@ impl Applier {
     /// Drops `id`'s links the record being applied sees, and keeps a tombstone on it at `at`
     /// (or later) where it makes them. The link is noted as changed even when it is already
     /// gone here: it may have gone with another record, and the changelog must say so too.
-    pub(super) fn put_tombstone(&mut self, id: &str, at: Millis) {
+    pub(super) fn put_tombstone(&mut self, id: &str, at: Millis) -> Result<()> {
         let seen: Vec<u32> = self
-            .aliases
-            .all(id)
+            .links
+            .all(&self.snapshot, id)?
+            .into_iter()
             .map(|(scope, _)| scope)
             .filter(|scope| self.sees(*scope))
             .collect();
         for scope in seen {
-            self.aliases.remove(id, scope);
+            self.links.set(id, scope, None);
             self.dirty_links.insert((id.to_owned(), scope));
             if scope != LEGACY_SCOPE {
                 self.changed_in(scope, ChangeKind::Alias, id);
@@ -202,6 +317,7 @@ impl Applier {
             self.changed_in(scope, ChangeKind::Alias, id);
             self.raise_tombstone(id, scope, at);
         }
+        Ok(())
     }
 
     /// Once the partition count is known, moves the links and tombstones of the legacy scope
@@ -209,19 +325,19 @@ impl Applier {
     /// id's home and at its target's (where the identify or alias was applied), a tombstone at
     /// its id's home. From then on every partition sees only its own, and the changelog holds
     /// them.
-    pub(super) fn rehome_legacy(&mut self) {
+    pub(super) fn rehome_legacy(&mut self) -> Result<()> {
         let Some(count) = self.routes.count else {
-            return;
+            return Ok(());
         };
-        let links = self.aliases.take_scope(LEGACY_SCOPE);
+        let links = self.links.take_legacy(&self.snapshot)?;
         let tombstones = self.tombstones.take_scope(LEGACY_SCOPE);
         if links.is_empty() && tombstones.is_empty() {
-            return;
+            return Ok(());
         }
         for (id, target) in links {
             self.dirty_links.insert((id.clone(), LEGACY_SCOPE));
             for scope in [home_partition(&id, count), home_partition(&target, count)] {
-                if self.aliases.get(&id, scope).is_none() {
+                if self.links.get(&self.snapshot, &id, scope)?.is_none() {
                     self.set_link(&id, scope, &target);
                 }
             }
@@ -232,6 +348,7 @@ impl Applier {
         }
         // Committed with the next checkpoint, whether or not an event comes.
         self.uncommitted += 1;
+        Ok(())
     }
 
     /// Puts the links and tombstones changed since the last checkpoint into `cp` (one that
@@ -241,7 +358,7 @@ impl Applier {
             .dirty_links
             .drain()
             .map(|(id, scope)| {
-                let to = self.aliases.get(&id, scope).cloned();
+                let to = self.links.change(&id, scope);
                 ((id, scope), to)
             })
             .collect();
@@ -268,6 +385,73 @@ mod tests {
     use super::*;
 
     const PARTITIONS: u32 = 4;
+
+    /// Committed links are read through the store; changes since the checkpoint shadow them
+    /// (a removal hides a committed link, a new target replaces it); after the next commit
+    /// the store answers alone. An id that never linked costs no read and finds nothing.
+    #[test]
+    fn links_read_through_the_store_with_pending_changes_on_top() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::open(dir.path().join("links.redb")).expect("a store");
+        let link = |id: &str, scope: u32, to: Option<&str>| {
+            ((id.to_owned(), scope), to.map(str::to_owned))
+        };
+        store
+            .commit(&Checkpoint {
+                links: vec![
+                    link("anon-1", 0, Some("c-1")),
+                    link("anon-1", 2, Some("c-2")),
+                    link("anon-2", 1, Some("c-3")),
+                ],
+                ..Checkpoint::default()
+            })
+            .expect("committed");
+        let reader = store.reader().expect("a snapshot");
+        let mut links = Links::load(&reader).expect("loaded");
+        let owned = |v: &[(u32, &str)]| {
+            v.iter()
+                .map(|(s, t)| (*s, t.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            links.all(&reader, "anon-1").unwrap(),
+            owned(&[(0, "c-1"), (2, "c-2")])
+        );
+        assert_eq!(links.all(&reader, "nobody").unwrap(), vec![]);
+        assert!(!links.legacy);
+
+        links.set("anon-1", 0, None);
+        links.set("anon-1", 2, Some("c-9".into()));
+        links.set("anon-3", 1, Some("c-1".into()));
+        assert_eq!(links.all(&reader, "anon-1").unwrap(), owned(&[(2, "c-9")]));
+        assert_eq!(
+            links.get(&reader, "anon-3", 1).unwrap().as_deref(),
+            Some("c-1")
+        );
+        assert_eq!(
+            links.get(&reader, "anon-2", 1).unwrap().as_deref(),
+            Some("c-3")
+        );
+        assert_eq!(links.change("anon-1", 0), None);
+        assert_eq!(links.change("anon-1", 2).as_deref(), Some("c-9"));
+
+        // The checkpoint writes the changes; the next snapshot holds them.
+        store
+            .commit(&Checkpoint {
+                links: vec![
+                    link("anon-1", 0, None),
+                    link("anon-1", 2, Some("c-9")),
+                    link("anon-3", 1, Some("c-1")),
+                ],
+                ..Checkpoint::default()
+            })
+            .expect("committed");
+        links.committed();
+        let reader = store.reader().expect("a snapshot");
+        assert_eq!(links.all(&reader, "anon-1").unwrap(), owned(&[(2, "c-9")]));
+        assert_eq!(links.all(&reader, "anon-3").unwrap(), owned(&[(1, "c-1")]));
+        assert!(links.pending.is_empty());
+    }
 
     fn id_at_home(prefix: &str, home: u32) -> String {
         (0..)
@@ -302,14 +486,20 @@ mod tests {
         a.apply_placed(&identify(&customer, &anonymous), 0, &customer)
             .expect("applied");
         assert_eq!(
-            a.place(&anonymous, 0),
+            a.place(&anonymous, 0).unwrap(),
             Placement::Here(customer.clone()),
             "partition 0 follows its link"
         );
         a.set_origin(1, 0);
-        assert_eq!(a.place(&anonymous, 1), Placement::Here(anonymous.clone()));
+        assert_eq!(
+            a.place(&anonymous, 1).unwrap(),
+            Placement::Here(anonymous.clone())
+        );
         a.handoff(&anonymous, &customer, 1, None).expect("handoff");
-        assert_eq!(a.place(&anonymous, 1), Placement::Forward(customer.clone()));
+        assert_eq!(
+            a.place(&anonymous, 1).unwrap(),
+            Placement::Forward(customer.clone())
+        );
         a.checkpoint().expect("a checkpoint");
         let links = a.snapshot().all_aliases().expect("links");
         assert_eq!(
@@ -339,7 +529,7 @@ mod tests {
                 .expect("a commit");
         }
         let mut a = applier(&dir);
-        a.set_partition_count(PARTITIONS);
+        a.set_partition_count(PARTITIONS).unwrap();
         a.checkpoint().expect("a checkpoint");
         let r = a.snapshot();
         let mut links = r.all_aliases().expect("links");
@@ -363,17 +553,28 @@ mod tests {
     fn a_writer_without_routing_links_where_routing_would() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let mut a = applier(&dir);
-        a.set_partition_count(PARTITIONS);
+        a.set_partition_count(PARTITIONS).unwrap();
         let (customer, anonymous) = (id_at_home("cust", 2), id_at_home("anon", 3));
         a.set_origin(2, 0);
         a.apply(&identify(&customer, &anonymous), 2)
             .expect("applied");
         a.set_origin(3, 0);
-        assert_eq!(a.resolve(&anonymous), customer, "every scope is seen");
+        assert_eq!(
+            a.resolve(&anonymous).unwrap(),
+            customer,
+            "every scope is seen"
+        );
         a.set_routing(Some(PARTITIONS));
-        assert_eq!(a.place(&anonymous, 3), Placement::Forward(customer.clone()));
+        assert_eq!(
+            a.place(&anonymous, 3).unwrap(),
+            Placement::Forward(customer.clone())
+        );
         a.set_origin(1, 0);
-        assert_eq!(a.resolve(&anonymous), anonymous, "partition 1 made no link");
+        assert_eq!(
+            a.resolve(&anonymous).unwrap(),
+            anonymous,
+            "partition 1 made no link"
+        );
     }
 
     #[test]

@@ -69,9 +69,9 @@ impl Applier {
 
     /// The source topic's partition count, known with or without routing: a writer without
     /// routing puts links and tombstones where routing would too (see [`super::identity`]).
-    pub fn set_partition_count(&mut self, count: u32) {
+    pub fn set_partition_count(&mut self, count: u32) -> Result<()> {
         self.routes.count = (count > 0).then_some(count);
-        self.rehome_legacy();
+        self.rehome_legacy()
     }
 
     pub fn routing(&self) -> bool {
@@ -98,21 +98,22 @@ impl Applier {
 
     /// Where a record for `id` read from `partition` belongs: here, or at the home of the
     /// canonical id `id` links to.
-    pub fn place(&self, id: &str, partition: u32) -> Placement {
-        let canonical = self.resolve(id);
-        match self.home(&canonical) {
+    pub fn place(&self, id: &str, partition: u32) -> Result<Placement> {
+        let canonical = self.resolve(id)?;
+        Ok(match self.home(&canonical) {
             Some(home) if home != partition => Placement::Forward(canonical),
             _ => Placement::Here(canonical),
-        }
+        })
     }
 
     /// Forwards `payload` (a source record) to the home of `target`. An erasure also takes
     /// effect here: the link goes, and the id keeps a tombstone.
-    pub fn forward(&mut self, target: String, event: &Event, payload: &[u8]) {
+    pub fn forward(&mut self, target: String, event: &Event, payload: &[u8]) -> Result<()> {
         self.route(RouteKind::Forward, target, None, payload.to_vec(), None);
         if let EventBody::Erase(erase) = &event.body {
-            self.forget(&erase.customer_id, event.ts);
+            self.forget(&erase.customer_id, event.ts)?;
         }
+        Ok(())
     }
 
     /// Applies a record at its canonical id's home, `scope` (see [`Self::place`]).
@@ -129,11 +130,11 @@ impl Applier {
     /// the record's time, and the record's own id no longer links to it here. It followed a
     /// link the erasure has not yet removed at the id's home; like activity after an erasure
     /// in one store, it starts afresh under its own id.
-    pub fn bounce_target(&self, key: &str, event: &Event) -> Option<String> {
+    pub fn bounce_target(&self, key: &str, event: &Event) -> Result<Option<String>> {
         let own = event.profile_id();
         let erased_before = self.tombstone_of(key).is_some_and(|at| at < event.ts);
-        (erased_before && own != key && self.resolve(own) != self.resolve(key))
-            .then(|| own.to_owned())
+        let bounce = erased_before && own != key && self.resolve(own)? != self.resolve(key)?;
+        Ok(bounce.then(|| own.to_owned()))
     }
 
     /// Sends a record back to the home of its own id, to be applied there without following
@@ -173,12 +174,13 @@ impl Applier {
 
     /// A forget record: drops the links of `ids`, tombstones them at `at`, and drops the
     /// contact histories of those homed here.
-    pub fn forget_routed(&mut self, at: Millis, ids: &[String]) {
+    pub fn forget_routed(&mut self, at: Millis, ids: &[String]) -> Result<()> {
         self.uncommitted += 1;
         for id in ids {
-            self.forget(id, at);
+            self.forget(id, at)?;
         }
         self.drop_contacts(ids);
+        Ok(())
     }
 
     /// Whether `id`'s state is this partition's: its home is the partition of the record being
@@ -228,7 +230,7 @@ impl Applier {
     /// the event at `at`, folding its profile in here when both share a home, else asking its
     /// home for it.
     pub(super) fn link(&mut self, merged: &str, canonical: &str, at: Millis) -> Result<()> {
-        let source = self.resolve(merged);
+        let source = self.resolve(merged)?;
         if source == canonical {
             return Ok(());
         }
@@ -259,7 +261,7 @@ impl Applier {
         if self.erased_since(&[id], at).is_some() {
             return Ok(());
         }
-        let target = self.resolve(into);
+        let target = self.resolve(into)?;
         if target == id {
             return Ok(());
         }
@@ -271,7 +273,7 @@ impl Applier {
             return Ok(());
         }
         // No profile under `id`: it may have been merged into another id before.
-        let linked = self.resolve(id);
+        let linked = self.resolve(id)?;
         self.link_ids(&[id], &target);
         if linked != id && linked != target {
             self.route(RouteKind::Handoff, linked, Some(target), Vec::new(), at);
@@ -295,9 +297,9 @@ impl Applier {
         at: Option<Millis>,
     ) -> Result<()> {
         self.uncommitted += 1;
-        let target = self.resolve(id);
+        let target = self.resolve(id)?;
         if let Some(erased) = self.erased_since(&[id, &target, other], at) {
-            self.forget(other, erased);
+            self.forget(other, erased)?;
             return Ok(());
         }
         self.deliver_merge(&target, other, state, scope, at)

@@ -949,7 +949,7 @@ impl Writer {
                         );
                     }
                     self.owned.extend(partitions.iter().copied());
-                    self.set_routing(partition_count);
+                    self.set_routing(partition_count)?;
                     let mut out = Vec::with_capacity(partitions.len());
                     for p in partitions {
                         out.push((p, self.applier.position(&self.source_key, p)?));
@@ -1066,12 +1066,12 @@ impl Writer {
         partition: u32,
         payload: &[u8],
     ) -> Result<Option<ApplyOutcome>> {
-        match self.applier.place(id, partition) {
+        match self.applier.place(id, partition)? {
             Placement::Here(canonical) => Ok(Some(
                 self.applier.apply_placed(event, partition, &canonical)?,
             )),
             Placement::Forward(target) => {
-                self.applier.forward(target, event, payload);
+                self.applier.forward(target, event, payload)?;
                 Ok(None)
             }
         }
@@ -1103,7 +1103,7 @@ impl Writer {
                 Some(Ok(event)) if !other.is_empty() => {
                     Ok(Ok(Some(self.applier.apply_own(&event, partition, other)?)))
                 }
-                Some(Ok(event)) => match self.applier.bounce_target(key, &event) {
+                Some(Ok(event)) => match self.applier.bounce_target(key, &event)? {
                     Some(own) => {
                         self.applier.bounce(own, payload);
                         Ok(Ok(None))
@@ -1133,7 +1133,7 @@ impl Writer {
                 else {
                     return invalid("a forget record whose payload is not an erasure");
                 };
-                self.applier.forget_routed(at, &ids);
+                self.applier.forget_routed(at, &ids)?;
                 Ok(Ok(None))
             }
         }
@@ -1165,11 +1165,11 @@ impl Writer {
 
     /// Turns identity routing on: always for `serve` on a topic of several partitions (any
     /// partition may move to another instance), and for a replay of only some partitions.
-    fn set_routing(&mut self, partition_count: u32) {
+    fn set_routing(&mut self, partition_count: u32) -> Result<()> {
         if partition_count == 0 {
-            return; // Unknown (no metadata): a guess would move state between modes.
+            return Ok(()); // Unknown (no metadata): a guess would move state between modes.
         }
-        self.applier.set_partition_count(partition_count);
+        self.applier.set_partition_count(partition_count)?;
         let routing = match self.mode {
             Mode::Follow => partition_count > 1,
             Mode::UntilEnd => (self.owned.len() as u32) < partition_count,
@@ -1187,6 +1187,7 @@ impl Writer {
             );
         }
         self.applier.set_routing(routing.then_some(partition_count));
+        Ok(())
     }
 
     /// Waits for the changelog round in flight, then sends and waits for what it did not cover
