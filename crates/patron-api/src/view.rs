@@ -18,10 +18,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
 use patron_core::clv::ClvOptions;
 use patron_core::config::{Clock, PatronConfig};
-use patron_core::money::Money;
 use patron_core::rfm::{PROSPECT, RfmDistribution, RfmMap};
 use patron_core::time::{Millis, now_millis};
 use patron_query::clv::{StoredModel, load_model};
@@ -85,7 +83,8 @@ impl View {
         // The per-customer tables live in a file beside the store, mapped: a view over
         // millions of customers would otherwise be most of the server's heap (twice over while
         // a rebuild runs).
-        let snapshot = Snapshot::build_beside_store(store, &opts).map_err(ApiError::internal)?;
+        let mut snapshot =
+            Snapshot::build_beside_store(store, &opts).map_err(ApiError::internal)?;
         let schema = customers_schema();
         let predicates = config
             .segments
@@ -110,7 +109,9 @@ impl View {
         Ok(Self {
             kpis,
             computed_at: now_millis(),
-            distribution: distribution(&snapshot),
+            // The snapshot's own ranking population, so the profile endpoint and the
+            // `customers` table rank alike (and it is sorted once per build).
+            distribution: std::mem::take(&mut snapshot.distribution),
             snapshot,
             rfm_map: opts.rfm_map,
             model,
@@ -132,26 +133,6 @@ impl View {
         let names = self.snapshot.segments.column(0).as_string::<i32>();
         (0..names.len()).any(|i| names.value(i) == name)
     }
-}
-
-/// The population the RFM ranks are computed against, from the snapshot's own columns (so the
-/// profile endpoint and the `customers` table rank alike).
-fn distribution(snapshot: &Snapshot) -> RfmDistribution {
-    let (mut last, mut freq, mut money) = (Vec::new(), Vec::new(), Vec::new());
-    for b in &snapshot.customers {
-        let col = |name: &str| b.column_by_name(name).expect("customers column");
-        let lp = col("last_purchase").as_primitive::<TimestampMillisecondType>();
-        let f = col("frequency").as_primitive::<Int64Type>();
-        let m = col("monetary").as_primitive::<Float64Type>();
-        for i in 0..b.num_rows() {
-            if f.value(i) >= 1 && lp.is_valid(i) {
-                last.push(lp.value(i));
-                freq.push(u32::try_from(f.value(i)).unwrap_or(u32::MAX));
-                money.push(Money::from_f64(m.value(i)).unwrap_or_default().0);
-            }
-        }
-    }
-    RfmDistribution::new(last, freq, money)
 }
 
 /// Rebuilds are at least this many build times apart, so a large store's scan never takes more

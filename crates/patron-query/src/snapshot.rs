@@ -79,6 +79,9 @@ pub struct Snapshot {
     /// Bytes of the file [`Self::customers`] maps when it was spilled ([`crate::spill`]), 0
     /// when it is on the heap.
     pub customers_spilled: usize,
+    /// The population the RFM scores of [`Self::customers`] rank against (every customer with
+    /// a purchase), for scoring single profiles alike.
+    pub distribution: RfmDistribution,
     pub segments: RecordBatch,
     pub kpi_daily: RecordBatch,
     pub offer_stats: RecordBatch,
@@ -298,6 +301,7 @@ impl Snapshot {
             as_of,
             customers,
             customers_spilled,
+            distribution: dist,
             segments,
             kpi_daily: kpi_daily_table(&daily)?,
             offer_stats: offer_stats_table(&arms)?,
