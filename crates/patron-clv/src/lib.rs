@@ -69,4 +69,4 @@ pub use bgnbd::BgNbdParams;
 pub use clv::{ClvModel, ClvOptions, CustomerValue, clv};
 pub use fit::{BgNbdFit, FitError, FitOptions, GammaGammaFit, fit_bgnbd, fit_gamma_gamma};
 pub use gamma_gamma::GammaGammaParams;
-pub use summary::{SpendRow, SummaryRow, group_summaries};
+pub use summary::{SpendRow, SummaryGrouper, SummaryRow, group_summaries};

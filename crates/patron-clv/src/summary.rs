@@ -171,6 +171,60 @@ where
     rows
 }
 
+/// [`group_summaries`] over a stream too long to hold: triples are grouped a chunk at a time
+/// and the chunks' rows merged, so memory follows the distinct summaries, not the customers.
+/// [`Self::finish`] returns exactly the rows `group_summaries` would for the whole stream.
+#[derive(Debug, Default)]
+pub struct SummaryGrouper {
+    chunk: Vec<(f64, f64, f64)>,
+    rows: Vec<SummaryRow>,
+}
+
+impl SummaryGrouper {
+    /// Triples grouped per chunk (24 MB of them).
+    const CHUNK: usize = 1 << 20;
+
+    pub fn push(&mut self, x: f64, t_x: f64, t: f64) {
+        if self.chunk.capacity() == 0 {
+            self.chunk.reserve_exact(Self::CHUNK);
+        }
+        self.chunk.push((x, t_x, t));
+        if self.chunk.len() >= Self::CHUNK {
+            self.group_chunk();
+        }
+    }
+
+    fn group_chunk(&mut self) {
+        let grouped = group_summaries(self.chunk.drain(..));
+        self.rows.extend(grouped);
+        // Merged once they outnumber a chunk, so they stay about as few as the distinct ones.
+        if self.rows.len() > Self::CHUNK {
+            self.rows = merge_rows(std::mem::take(&mut self.rows));
+        }
+    }
+
+    /// The grouped rows, sorted as [`group_summaries`] sorts them.
+    pub fn finish(mut self) -> Vec<SummaryRow> {
+        self.group_chunk();
+        merge_rows(self.rows)
+    }
+}
+
+/// Rows of several [`group_summaries`] calls as one: sorted by x, then T, then t_x, with the
+/// weights of equal summaries added (whole counts, so the sums are exact).
+fn merge_rows(mut rows: Vec<SummaryRow>) -> Vec<SummaryRow> {
+    let key = |r: &SummaryRow| (order_key(r.x), pair_key(r.t, r.t_x));
+    rows.sort_unstable_by_key(key);
+    let mut out: Vec<SummaryRow> = Vec::with_capacity(rows.len());
+    for row in rows {
+        match out.last_mut() {
+            Some(last) if key(last) == key(&row) => last.weight += row.weight,
+            _ => out.push(row),
+        }
+    }
+    out
+}
+
 /// x up to this is grouped by counting sort (one bucket per whole number).
 const MAX_BUCKETED_X: u32 = 65_536;
 
@@ -219,6 +273,33 @@ fn from_pair_key(k: u128) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Grouping in chunks and merging gives exactly the rows of grouping all at once, also
+    /// when the stream spans several chunks and a summary recurs across them.
+    #[test]
+    fn a_grouper_over_chunks_equals_grouping_everything() {
+        let n = SummaryGrouper::CHUNK * 2 + 12_345;
+        // A small set of summaries (x, t_x <= T) repeated in a scrambled order, with -0.0 and
+        // x = 0 rows whose t_x is ignored.
+        let triple = |i: usize| {
+            let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+            let x = (h % 7) as f64;
+            let t = 20.0 + (h % 13) as f64;
+            let t_x = if h.is_multiple_of(5) { -0.0 } else { (h % 11) as f64 };
+            (x, t_x, t)
+        };
+        let mut grouper = SummaryGrouper::default();
+        for i in 0..n {
+            let (x, t_x, t) = triple(i);
+            grouper.push(x, t_x, t);
+        }
+        let merged = grouper.finish();
+        let whole = group_summaries((0..n).map(triple));
+        assert_eq!(merged, whole);
+        let customers: f64 = merged.iter().map(|r| r.weight).sum();
+        assert_eq!(customers, n as f64);
+        assert!(merged.len() < 7 * 13 * 12, "{} rows", merged.len());
+    }
 
     #[test]
     fn grouping_counts_identical_triples() {

@@ -8,8 +8,8 @@
 use std::time::Instant;
 
 use patron_core::clv::{
-    BgNbdFit, ClvModel, ClvOptions, FitOptions, GammaGammaFit, SpendRow, fit_bgnbd,
-    fit_gamma_gamma, group_summaries,
+    BgNbdFit, ClvModel, ClvOptions, FitOptions, GammaGammaFit, SpendRow, SummaryGrouper, fit_bgnbd,
+    fit_gamma_gamma,
 };
 use patron_core::config::{ClvConfig, TimeUnit};
 use patron_core::time::{MILLIS_PER_DAY, Millis};
@@ -60,27 +60,30 @@ pub fn fit_store(store: &Store, as_of: Option<Millis>, time_unit: TimeUnit) -> R
     let unit_ms = time_unit.days() * MILLIS_PER_DAY as f64;
     let whole_days =
         |ms: i64| (ms as f64 / MILLIS_PER_DAY as f64).round() * MILLIS_PER_DAY as f64 / unit_ms;
-    let mut triples = Vec::new();
+    // Grouped as they are read: ten million customers' triples would be hundreds of MB.
+    let mut triples = SummaryGrouper::default();
+    let mut customers = 0usize;
     let mut spend = Vec::new();
     reader.for_each_profile(|_, _, s| {
         let (Some(first), Some(last)) = (s.first_purchase, s.last_purchase) else {
             return;
         };
         let x = f64::from(s.frequency - 1);
-        triples.push((
+        customers += 1;
+        triples.push(
             x,
             whole_days(last - first),
             whole_days((as_of - first).max(0)),
-        ));
+        );
         if let Some(avg) = s.avg_repeat_value().filter(|a| a.0 > 0) {
             spend.push(SpendRow::new(x, avg.as_f64()));
         }
     })?;
     drop(reader);
-    if triples.is_empty() {
+    if customers == 0 {
         return Err(QueryError::NoCustomers);
     }
-    let rows = group_summaries(triples);
+    let rows = triples.finish();
     let opts = FitOptions::default();
     let bgnbd = fit_bgnbd(&rows, &opts)?;
     let gamma_gamma = fit_gamma_gamma(&spend, &opts)?;
