@@ -14,6 +14,12 @@
 #   benches/server_memory.sh                          # 10M customers, 90 days (~76M events)
 #   CUSTOMERS=1000000 DAYS=365 benches/server_memory.sh   # the API benchmark's store
 #   SKIP_BUILD=1 PATRON_BIN=... benches/server_memory.sh
+#   MEMORY_LIMIT_MB=1024 benches/server_memory.sh     # serve inside a memory cgroup (root)
+#
+# RSS counts the pages of the scoring view's mapped file that the process has touched; the
+# kernel drops those under pressure. MEMORY_LIMIT_MB runs serve in a memory cgroup with that
+# limit (heap and page cache together, no swap), so it shows whether the server works in that
+# much memory: past it the kernel kills it, and the script says so.
 #
 # Building the 10M store takes about 15 GB of disk for the events (deleted after) and 10 GB for
 # the store, and most of an hour on 2 cores.
@@ -48,9 +54,39 @@ fi
 
 . benches/common.sh
 api_config "$WORK/serve.toml" "$PORT" admin
-"$BIN" serve --config "$WORK/serve.toml" --store "$STORE" --log info \
+LAUNCH=()
+if [ -n "${MEMORY_LIMIT_MB:-}" ]; then
+    if [ -f /sys/fs/cgroup/cgroup.controllers ]; then # cgroup v2
+        CGROUP=/sys/fs/cgroup/patron-memory-bench
+        mkdir -p "$CGROUP"
+        echo $((MEMORY_LIMIT_MB << 20)) > "$CGROUP/memory.max"
+        echo 0 > "$CGROUP/memory.swap.max" 2>/dev/null || true
+        PROCS=$CGROUP/cgroup.procs
+    else # cgroup v1
+        CGROUP=/sys/fs/cgroup/memory/patron-memory-bench
+        mkdir -p "$CGROUP"
+        echo $((MEMORY_LIMIT_MB << 20)) > "$CGROUP/memory.limit_in_bytes"
+        PROCS=$CGROUP/cgroup.procs
+    fi
+    echo "serve runs in $CGROUP, limited to $MEMORY_LIMIT_MB MiB" >&2
+    # The shell joins the cgroup, then becomes serve (same pid).
+    LAUNCH=(sh -c 'echo $$ > "$0" && exec "$@"' "$PROCS")
+fi
+"${LAUNCH[@]}" "$BIN" serve --config "$WORK/serve.toml" --store "$STORE" --log info \
     > "$WORK/serve.out" 2> "$WORK/serve.err" &
 SERVE_PID=$!
+# The heap's peak, sampled every 0.2 s (VmHWM counts mapped file pages too).
+HEAP_PEAK=$WORK/heap-peak
+( peak=0; while kill -0 $SERVE_PID 2>/dev/null; do
+    anon=$(awk '$1 == "RssAnon:" { print int($2 / 1024) }' "/proc/$SERVE_PID/status" 2>/dev/null || echo 0)
+    [ "${anon:-0}" -gt "$peak" ] && peak=$anon && echo "$peak" > "$HEAP_PEAK"
+    sleep 0.2
+done ) &
+killed() {
+    kill -0 $SERVE_PID 2>/dev/null && return 1
+    echo "serve is gone$([ -n "${MEMORY_LIMIT_MB:-}" ] && echo " (killed by the ${MEMORY_LIMIT_MB} MiB limit?)")" >&2
+    tail -3 "$WORK/serve.err" >&2
+}
 trap 'kill $SERVE_PID 2>/dev/null || true' EXIT
 trap 'exit 143' INT TERM
 URL="http://127.0.0.1:$PORT"
@@ -65,8 +101,9 @@ mib() { awk -v k="$1:" '$1 == k { printf "%d", $2 / 1024 }' "/proc/$SERVE_PID/st
 # RssAnon is the heap; RssFile counts the pages of mapped files this process has touched (the
 # scoring view's spilled tables, the binary), which the kernel can drop and read back.
 stage() {
-    printf '| %s | %s MiB | %s MiB | %s MiB | %s MiB | %s |\n' "$1" "$(mib VmRSS)" \
-        "$(mib VmHWM)" "$(mib RssAnon)" "$(mib RssFile)" "$2"
+    printf '| %s | %s MiB | %s MiB | %s MiB (peak %s) | %s MiB | %s |\n' "$1" "$(mib VmRSS)" \
+        "$(mib VmHWM)" "$(mib RssAnon)" "$(cat "$HEAP_PEAK" 2>/dev/null || echo ?)" \
+        "$(mib RssFile)" "$2"
 }
 {
     echo "machine: $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB; binary: $BIN"
@@ -82,6 +119,7 @@ SECONDS=0
 until COUNT=$(curl -sf "${AUTH[@]}" -H 'content-type: application/json' \
     -d '{"sql": "SELECT count(*) AS n FROM customers"}' "$URL/v1/query"); do
     [ $SECONDS -lt 900 ] || { echo "no view after 900 s" >&2; exit 1; }
+    killed && exit 1
     sleep 2
 done
 stage view "${SECONDS} s; $COUNT" | tee -a "$WORK/result.txt"
@@ -128,6 +166,7 @@ until [ "$(grep -c 'scoring view built' "$WORK/serve.err" || true)" -gt "$BUILT"
     curl -sf -o /dev/null "${AUTH[@]}" -H 'content-type: application/json' \
         -d '{"sql": "SELECT count(*) FROM customers"}' "$URL/v1/query" || true
     [ $SECONDS -lt 900 ] || { echo "no view rebuild" >&2; break; }
+    killed && exit 1
     sleep 2
 done
 stage rebuilt "${SECONDS} s after the profiles" | tee -a "$WORK/result.txt"
@@ -137,3 +176,7 @@ for i in $(seq "${LINGER:-3}"); do
     stage "rebuilt + $((20 * i)) s" "" | tee -a "$WORK/result.txt"
 done
 grep -E 'scoring view built|CLV models refitted|stopped:' "$WORK/serve.err" | tail -4 >&2 || true
+if [ -n "${MEMORY_LIMIT_MB:-}" ]; then
+    killed && exit 1
+    echo "serve answered every stage inside the $MEMORY_LIMIT_MB MiB limit" | tee -a "$WORK/result.txt"
+fi

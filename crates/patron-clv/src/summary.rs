@@ -285,7 +285,11 @@ mod tests {
             let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
             let x = (h % 7) as f64;
             let t = 20.0 + (h % 13) as f64;
-            let t_x = if h.is_multiple_of(5) { -0.0 } else { (h % 11) as f64 };
+            let t_x = if h.is_multiple_of(5) {
+                -0.0
+            } else {
+                (h % 11) as f64
+            };
             (x, t_x, t)
         };
         let mut grouper = SummaryGrouper::default();
