@@ -278,9 +278,6 @@ impl Snapshot {
         let (digests, population) = scan(&reader, opts.batch_rows, &mut base, categories.as_mut())?;
         let daily = reader.daily_all()?;
         let arms = reader.all_offer_counts()?;
-        let shown: std::collections::HashSet<(String, String)> =
-            reader.shown_pairs()?.into_iter().collect();
-        drop(reader);
         let catalog = store.offer_catalog()?;
 
         // Each batch is derived and written on before the next, so with a spill directory the
@@ -295,7 +292,8 @@ impl Snapshot {
         drop(base);
         let (customers, customers_spilled) = customers.finish()?;
         let segments = segments_table(&customers, &opts.rfm_map, &opts.segments)?;
-        let offer_uplift = offer_uplift(&customers, &catalog, &shown, as_of)?;
+        let offer_uplift = offer_uplift(&reader, &customers, &catalog, as_of)?;
+        drop(reader);
         Ok(Self {
             offer_uplift,
             as_of,
@@ -319,25 +317,29 @@ impl Snapshot {
     /// Where `customer_id` is in [`Self::customers`], as (batch, row): a binary search, since
     /// the batches hold the ids in ascending byte order (the store's key order).
     pub fn customer_row(&self, customer_id: &str) -> Option<(usize, usize)> {
-        // The last batch whose first id is not after the one sought.
-        let batch = self
-            .customers
-            .partition_point(|b| {
-                b.num_rows() > 0 && b.column(0).as_string::<i32>().value(0) <= customer_id
-            })
-            .checked_sub(1)?;
-        let col = self.customers[batch].column(0).as_string::<i32>();
-        let (mut lo, mut hi) = (0, col.len());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match col.value(mid).cmp(customer_id) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Some((batch, mid)),
-            }
-        }
-        None
+        find_row(&self.customers, customer_id)
     }
+}
+
+/// [`Snapshot::customer_row`] over `customers`.
+fn find_row(customers: &[RecordBatch], customer_id: &str) -> Option<(usize, usize)> {
+    // The last batch whose first id is not after the one sought.
+    let batch = customers
+        .partition_point(|b| {
+            b.num_rows() > 0 && b.column(0).as_string::<i32>().value(0) <= customer_id
+        })
+        .checked_sub(1)?;
+    let col = customers[batch].column(0).as_string::<i32>();
+    let (mut lo, mut hi) = (0, col.len());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match col.value(mid).cmp(customer_id) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return Some((batch, mid)),
+        }
+    }
+    None
 }
 
 /// Every profile as base-column batches of at most `batch_rows` rows, in customer-id order,
@@ -869,9 +871,9 @@ fn offer_stats_table(arms: &[(String, String, patron_store::OfferCounts)]) -> Re
 /// control are those inside it. Conversion is a purchase in the 30 days before as_of; the
 /// groups are pooled over offers, and the answer is treated minus control.
 fn offer_uplift(
+    reader: &StoreReader,
     customers: &[RecordBatch],
     catalog: &[(String, Vec<u8>)],
-    shown: &std::collections::HashSet<(String, String)>,
     as_of: Option<Millis>,
 ) -> Result<Option<f64>> {
     let Some(as_of) = as_of.filter(|_| !customers.is_empty()) else {
@@ -879,6 +881,15 @@ fn offer_uplift(
     };
     let since = as_of - 30 * MILLIS_PER_DAY;
     let schema = customers_schema();
+    let converted = |batch: usize, row: usize| {
+        let last = customers[batch]
+            .column_by_name("last_purchase")
+            .expect("last_purchase")
+            .as_primitive::<TimestampMillisecondType>();
+        u64::from(last.is_valid(row) && last.value(row) > since)
+    };
+    // Per offer with a holdout: its share and which rows are eligible, batch by batch.
+    let mut offers: std::collections::HashMap<&str, (f64, Vec<BooleanArray>)> = Default::default();
     let (mut treated, mut control) = ((0u64, 0u64), (0u64, 0u64));
     for (id, json) in catalog {
         let Ok(offer) = serde_json::from_slice::<serde_json::Value>(json) else {
@@ -892,35 +903,48 @@ fn offer_uplift(
         let Ok(predicate) = CompiledPredicate::compile(eligible, &schema) else {
             continue;
         };
-        for b in customers {
-            let Ok(mask) = predicate.evaluate(b) else {
-                continue;
-            };
+        let mut masks = Vec::with_capacity(customers.len());
+        for (batch, b) in customers.iter().enumerate() {
+            // A batch the predicate cannot evaluate counts no one.
+            let mask = predicate
+                .evaluate(b)
+                .unwrap_or_else(|_| BooleanArray::from(vec![false; b.num_rows()]));
             let ids = b
                 .column_by_name("customer_id")
                 .expect("customer_id")
                 .as_string::<i32>();
-            let last = b
-                .column_by_name("last_purchase")
-                .expect("last_purchase")
-                .as_primitive::<TimestampMillisecondType>();
-            for i in 0..b.num_rows() {
-                if !(mask.is_valid(i) && mask.value(i)) {
-                    continue;
+            for row in 0..b.num_rows() {
+                if mask.is_valid(row)
+                    && mask.value(row)
+                    && patron_core::offer::in_holdout(ids.value(row), id, holdout)
+                {
+                    control.0 += 1;
+                    control.1 += converted(batch, row);
                 }
-                let customer = ids.value(i);
-                let converted = u64::from(last.is_valid(i) && last.value(i) > since);
-                let group = if patron_core::offer::in_holdout(customer, id, holdout) {
-                    &mut control
-                } else if shown.contains(&(customer.to_owned(), id.clone())) {
-                    &mut treated
-                } else {
-                    continue;
-                };
-                group.0 += 1;
-                group.1 += converted;
             }
+            masks.push(mask);
         }
+        offers.insert(id.as_str(), (holdout, masks));
+    }
+    // Treated: shown the offer, outside its holdout, eligible. The impressions are streamed
+    // from the store; collected, they were the largest allocation of a view at scale.
+    if !offers.is_empty() {
+        reader.for_each_shown_pair(|customer, offer| {
+            let Some((holdout, masks)) = offers.get(offer) else {
+                return;
+            };
+            if patron_core::offer::in_holdout(customer, offer, *holdout) {
+                return;
+            }
+            let Some((batch, row)) = find_row(customers, customer) else {
+                return;
+            };
+            let mask = &masks[batch];
+            if mask.is_valid(row) && mask.value(row) {
+                treated.0 += 1;
+                treated.1 += converted(batch, row);
+            }
+        })?;
     }
     if treated.0 == 0 || control.0 == 0 {
         return Ok(None);

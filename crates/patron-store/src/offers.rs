@@ -211,8 +211,17 @@ impl crate::StoreReader {
     /// Every (customer, offer) pair with at least one recorded impression.
     pub fn shown_pairs(&self) -> Result<Vec<(String, String)>> {
         let mut out = Vec::new();
+        self.for_each_shown_pair(|customer, offer| {
+            out.push((customer.to_owned(), offer.to_owned()));
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` with every (customer, offer) pair that has an impression, in key order,
+    /// without collecting them (millions at scale).
+    pub fn for_each_shown_pair(&self, mut f: impl FnMut(&str, &str)) -> Result<()> {
         let Some(table) = &self.offer_contacts else {
-            return Ok(out);
+            return Ok(());
         };
         for entry in table.iter()? {
             let (k, v) = entry?;
@@ -220,10 +229,10 @@ impl crate::StoreReader {
             let record: ContactRecord =
                 codec::decode_pair("offer_contacts", (customer, offer), v.value())?;
             if !record.shown.is_empty() {
-                out.push((customer.to_owned(), offer.to_owned()));
+                f(customer, offer);
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The counts of one (offer, segment) arm.
