@@ -196,7 +196,10 @@ fn wait_progress(serve: &Serve, before: u64, total: u64) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("serve committed nothing past {before} records within 90 s");
+    panic!(
+        "serve committed nothing past {before} records within 90 s; the end of its log:\n{}",
+        serve.log_tail(40)
+    );
 }
 
 #[test]
