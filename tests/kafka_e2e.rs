@@ -197,8 +197,8 @@ fn wait_progress(serve: &Serve, before: u64, total: u64) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!(
-        "serve committed nothing past {before} records within 90 s; the end of its log:\n{}",
-        serve.log_tail(40)
+        "serve committed nothing past {before} records within 90 s\n{}",
+        serve.diagnostics()
     );
 }
 

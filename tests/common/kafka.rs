@@ -438,13 +438,6 @@ pub struct Serve {
 }
 
 impl Serve {
-    /// The last `lines` lines of every start's stderr (for a failure's message).
-    pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.stderr_log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
     fn start(setup: &ServeSetup) -> Serve {
         let stderr = File::options()
             .create(true)

@@ -881,11 +881,16 @@ fn offer_uplift(
     };
     let since = as_of - 30 * MILLIS_PER_DAY;
     let schema = customers_schema();
+    let lasts: Vec<_> = customers
+        .iter()
+        .map(|b| {
+            b.column_by_name("last_purchase")
+                .expect("last_purchase")
+                .as_primitive::<TimestampMillisecondType>()
+        })
+        .collect();
     let converted = |batch: usize, row: usize| {
-        let last = customers[batch]
-            .column_by_name("last_purchase")
-            .expect("last_purchase")
-            .as_primitive::<TimestampMillisecondType>();
+        let last = lasts[batch];
         u64::from(last.is_valid(row) && last.value(row) > since)
     };
     // Per offer with a holdout: its share and which rows are eligible, batch by batch.

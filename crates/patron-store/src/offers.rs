@@ -208,15 +208,6 @@ impl crate::StoreReader {
         Ok(out)
     }
 
-    /// Every (customer, offer) pair with at least one recorded impression.
-    pub fn shown_pairs(&self) -> Result<Vec<(String, String)>> {
-        let mut out = Vec::new();
-        self.for_each_shown_pair(|customer, offer| {
-            out.push((customer.to_owned(), offer.to_owned()));
-        })?;
-        Ok(out)
-    }
-
     /// Calls `f` with every (customer, offer) pair that has an impression, in key order,
     /// without collecting them (millions at scale).
     pub fn for_each_shown_pair(&self, mut f: impl FnMut(&str, &str)) -> Result<()> {
