@@ -197,9 +197,17 @@ fn wait_progress(serve: &Serve, before: u64, total: u64) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!(
-        "serve committed nothing past {before} records within 90 s\n{}",
-        serve.diagnostics()
+        "serve committed nothing past {before} records within 90 s\n{}\nits log without CLV refit lines:\n{}",
+        serve.diagnostics(),
+        log_without_refits(serve)
     );
+}
+
+/// The last 60 lines of every start's stderr except the CLV refit's (once a second here).
+fn log_without_refits(serve: &Serve) -> String {
+    let text = std::fs::read_to_string(&serve.stderr_log).unwrap_or_default();
+    let kept: Vec<&str> = text.lines().filter(|l| !l.contains("CLV refit")).collect();
+    kept[kept.len().saturating_sub(60)..].join("\n")
 }
 
 #[test]

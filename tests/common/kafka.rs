@@ -433,7 +433,7 @@ pub struct Serve {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     stdout: Arc<Mutex<Vec<String>>>,
-    stderr_log: PathBuf,
+    pub stderr_log: PathBuf,
     agent: ureq::Agent,
 }
 
