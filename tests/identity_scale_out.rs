@@ -959,7 +959,7 @@ fn an_idle_server_sends_a_replayed_store_to_the_changelog_at_once() {
     let broker = Broker::memory();
     let (first, second) = two_instances(dir.path(), &broker);
     for setup in [&first, &second] {
-        setup.set_session_timeout("3s");
+        setup.set_session_timeout(SHORT_SESSION);
     }
     let (events, _, _) = small_history();
     let oracle_dir = dir.path().join("oracle");

@@ -98,7 +98,7 @@ fn crash_loop() {
     let broker = Broker::memory();
     let setup = ServeSetup::kafka(dir.path(), &broker);
     // The group hands a killed instance's partitions to its restart after this long.
-    setup.set_session_timeout("3s");
+    setup.set_session_timeout(SHORT_SESSION);
     let cfg = synth(202, 2_000);
     let events = generate(&cfg);
     let total = events.len() as u64;

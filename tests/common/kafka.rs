@@ -62,6 +62,16 @@ pub fn test_dir() -> tempfile::TempDir {
     dir
 }
 
+/// The shortest session timeout tansu 0.6 gives a group safely, for tests that kill instances.
+///
+/// Its coordinator holds a member's JoinGroup for 3 s while another member leads, and a
+/// member's last contact counts from its first join. With a 3 s timeout a restarted instance
+/// could expire during its own join, just as the killed leader did: the group then formed with
+/// no assignment and a leader that no longer existed, and no later member ever got partitions
+/// (`crash_loop` failed that way under load). With 6 s the killed leader is gone by the
+/// restart's second join, while the restart's own entry is re-made there if it lapsed.
+pub const SHORT_SESSION: &str = "6s";
+
 /// A topic or group name no other test, in this process or another, uses.
 pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -403,7 +413,7 @@ impl ServeSetup {
     }
 
     /// Sets `[source] session_timeout`: how soon the group hands a killed instance's partitions
-    /// to whoever joins next.
+    /// to whoever joins next. Tests that kill instances use [`SHORT_SESSION`].
     pub fn set_session_timeout(&self, timeout: &str) {
         let text = std::fs::read_to_string(&self.config).expect("read the serve config");
         let dlq = format!("dlq_topic = {:?}\n", self.dlq_topic);

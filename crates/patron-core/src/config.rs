@@ -75,7 +75,8 @@ pub struct SourceConfig {
     pub changelog: bool,
     /// How long the group waits for an instance that stopped heartbeating before its partitions
     /// go to the others (Kafka's `session.timeout.ms`). Shorter: a crashed instance's partitions
-    /// resume sooner; too short for the network: healthy instances are evicted.
+    /// resume sooner; too short for the network: healthy instances are evicted. Keep it at 6 s
+    /// or more with tansu 0.6, which holds a joining member for 3 s (docs/ARCHITECTURE.md).
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
 }
