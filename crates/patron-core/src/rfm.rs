@@ -17,25 +17,72 @@ pub struct RfmScores {
     pub m: u8,
 }
 
-/// The sorted population a score is ranked against.
-#[derive(Debug, Clone, Default)]
+/// What a score is ranked against: per measure, the four values that bound the quintiles.
+///
+/// `score - 1` is the number of k in 1..=4 with `5 * worse >= k * N`, that is with
+/// `worse >= ceil(k * N / 5)`; and at least m customers are strictly worse than x exactly when
+/// the m-th smallest value is below x. So the m-th smallest values for those four m answer every
+/// score: 48 bytes in place of the whole population (200 MB at 10M customers, held by every
+/// view), and four comparisons in place of a binary search.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RfmDistribution {
-    last_purchase: Vec<Millis>,
-    frequency: Vec<u32>,
-    monetary: Vec<i64>,
+    n: usize,
+    last_purchase: Quintiles<Millis>,
+    frequency: Quintiles<u32>,
+    monetary: Quintiles<i64>,
+}
+
+/// The four quintile bounds of one measure among N values (empty when N = 0).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Quintiles<T>(Vec<T>);
+
+impl<T: Ord + Copy> Quintiles<T> {
+    /// From every value of the measure (frequency ≥ 1 customers only), in any order.
+    pub fn of(mut values: Vec<T>) -> Self {
+        let n = values.len();
+        let mut bounds = Vec::with_capacity(4);
+        let mut from = 0;
+        for k in 1..=4 {
+            // The m-th smallest, m = ceil(k * N / 5) >= 1 for N >= 1.
+            let m = (k * n).div_ceil(5);
+            if m == 0 {
+                break;
+            }
+            // Earlier selections leave everything before `from` no larger than the rest.
+            let (_, nth, _) = values[from..].select_nth_unstable(m - 1 - from);
+            bounds.push(*nth);
+            from = m - 1;
+        }
+        Self(bounds)
+    }
+
+    /// 1 plus the number of bounds below `x`.
+    fn score(&self, x: T) -> u8 {
+        1 + self.0.iter().filter(|&&b| b < x).count() as u8
+    }
 }
 
 impl RfmDistribution {
     /// From (last_purchase, frequency, monetary) of every customer with frequency ≥ 1.
-    pub fn new(
-        mut last_purchase: Vec<Millis>,
-        mut frequency: Vec<u32>,
-        mut monetary: Vec<i64>,
+    pub fn new(last_purchase: Vec<Millis>, frequency: Vec<u32>, monetary: Vec<i64>) -> Self {
+        Self::from_quintiles(
+            frequency.len(),
+            Quintiles::of(last_purchase),
+            Quintiles::of(frequency),
+            Quintiles::of(monetary),
+        )
+    }
+
+    /// From each measure's bounds over the same `n` customers, so a caller can hold one
+    /// measure's values at a time.
+    pub fn from_quintiles(
+        n: usize,
+        last_purchase: Quintiles<Millis>,
+        frequency: Quintiles<u32>,
+        monetary: Quintiles<i64>,
     ) -> Self {
-        last_purchase.sort_unstable();
-        frequency.sort_unstable();
-        monetary.sort_unstable();
         Self {
+            n,
             last_purchase,
             frequency,
             monetary,
@@ -43,29 +90,18 @@ impl RfmDistribution {
     }
 
     pub fn len(&self) -> usize {
-        self.frequency.len()
+        self.n
     }
 
     pub fn is_empty(&self) -> bool {
-        self.frequency.is_empty()
-    }
-
-    fn score(worse: usize, n: usize) -> u8 {
-        if n == 0 {
-            return 1;
-        }
-        (1 + (5 * worse) / n).min(5) as u8
+        self.n == 0
     }
 
     pub fn scores(&self, last_purchase: Millis, frequency: u32, monetary: Money) -> RfmScores {
-        let n = self.len();
         RfmScores {
-            r: Self::score(
-                self.last_purchase.partition_point(|&x| x < last_purchase),
-                n,
-            ),
-            f: Self::score(self.frequency.partition_point(|&x| x < frequency), n),
-            m: Self::score(self.monetary.partition_point(|&x| x < monetary.0), n),
+            r: self.last_purchase.score(last_purchase),
+            f: self.frequency.score(frequency),
+            m: self.monetary.score(monetary.0),
         }
     }
 }
@@ -203,6 +239,31 @@ mod tests {
         assert_eq!(f, vec![1, 1, 3, 4, 5]);
         // Ties all get the same score, all equal -> 1.
         assert_eq!(d.scores(0, 0, Money::ZERO).r, 1);
+        // Nobody to rank against: 1.
+        assert_eq!(RfmDistribution::default().scores(5, 5, Money(5)).f, 1);
+    }
+
+    /// The rank formula itself, over the whole population, for any value.
+    fn by_rank(population: &[u32], x: u32) -> u8 {
+        let n = population.len();
+        if n == 0 {
+            return 1;
+        }
+        let worse = population.iter().filter(|&&v| v < x).count();
+        (1 + 5 * worse / n).min(5) as u8
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn quintile_bounds_score_as_the_rank_formula(
+            population in proptest::collection::vec(0u32..40, 0..300),
+            probes in proptest::collection::vec(0u32..45, 1..40),
+        ) {
+            let q = Quintiles::of(population.clone());
+            for x in probes.iter().copied().chain(population.iter().copied()) {
+                proptest::prop_assert_eq!(q.score(x), by_rank(&population, x), "x = {}", x);
+            }
+        }
     }
 
     #[test]

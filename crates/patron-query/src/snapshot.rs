@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Date32Builder, Float64Builder, Int64Array,
-    Int64Builder, ListBuilder, RecordBatch, StringArray, StringBuilder, UInt8Builder,
+    Int64Builder, ListBuilder, RecordBatch, StringArray, StringBuilder, UInt8Builder, UInt64Array,
 };
 use datafusion::arrow::datatypes::{
     DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, TimestampMillisecondType,
+    UInt64Type,
 };
 use datafusion::common::DFSchema;
 use datafusion::common::tree_node::TreeNode;
@@ -20,7 +21,7 @@ use datafusion::prelude::SessionContext;
 use patron_core::clv::{ClvModel, ClvOptions};
 use patron_core::config::{Clock, PatronConfig, SegmentConfig};
 use patron_core::money::Money;
-use patron_core::rfm::{PROSPECT, RfmDistribution, RfmMap};
+use patron_core::rfm::{PROSPECT, Quintiles, RfmDistribution, RfmMap};
 use patron_core::state::CustomerState;
 use patron_core::time::{MILLIS_PER_DAY, Millis, now_millis};
 use patron_store::scan::{BaseColumns, timestamp_type};
@@ -169,18 +170,39 @@ impl TopCategoryScan {
 
 /// Per `customers` batch, the [`patron_store::StoredProfile::digest`] of each row's record: a
 /// reader can tell whether a customer changed since the snapshot without rebuilding the row.
+/// Spilled with the tables when they are (8 bytes a customer, 80 MB at 10M).
 #[derive(Clone, Default)]
-pub struct ProfileDigests(Vec<Vec<u64>>);
+pub struct ProfileDigests {
+    batches: Vec<UInt64Array>,
+    spilled: bool,
+}
 
 impl ProfileDigests {
     pub fn get(&self, batch: usize, row: usize) -> Option<u64> {
-        self.0.get(batch)?.get(row).copied()
+        let digests = self.batches.get(batch)?;
+        (row < digests.len()).then(|| digests.value(row))
+    }
+
+    /// Heap bytes (none when spilled: the mapping is the page cache's).
+    fn heap_bytes(&self) -> usize {
+        if self.spilled {
+            return 0;
+        }
+        self.batches.iter().map(|d| d.len() * 8).sum()
+    }
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new(
+            "digest",
+            DataType::UInt64,
+            false,
+        )]))
     }
 }
 
 impl std::fmt::Debug for ProfileDigests {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let rows: usize = self.0.iter().map(Vec::len).sum();
+        let rows: usize = self.batches.iter().map(|d| d.len()).sum();
         write!(f, "ProfileDigests({rows} rows)")
     }
 }
@@ -231,7 +253,7 @@ impl Snapshot {
                 .map(RecordBatch::get_array_memory_size)
                 .sum()
         };
-        let digests: usize = self.digests.0.iter().map(|d| d.capacity() * 8).sum();
+        let digests = self.digests.heap_bytes();
         let top = self.top_categories.as_ref().map_or(0, |t| {
             t.slots.iter().map(|s| s.capacity() * 4).sum::<usize>()
         });
@@ -275,7 +297,22 @@ impl Snapshot {
         });
         let spill = opts.spill_dir.as_deref();
         let mut base = BatchSink::new(spill, &patron_store::scan::base_schema())?;
-        let (digests, population) = scan(&reader, opts.batch_rows, &mut base, categories.as_mut())?;
+        let mut digests = BatchSink::new(spill, &ProfileDigests::schema())?;
+        let population = scan(
+            &reader,
+            opts.batch_rows,
+            &mut base,
+            &mut digests,
+            categories.as_mut(),
+        )?;
+        let (digests, digests_spilled) = digests.finish()?;
+        let digests = ProfileDigests {
+            batches: digests
+                .iter()
+                .map(|b| b.column(0).as_primitive::<UInt64Type>().clone())
+                .collect(),
+            spilled: digests_spilled > 0,
+        };
         let daily = reader.daily_all()?;
         let arms = reader.all_offer_counts()?;
         let catalog = store.offer_catalog()?;
@@ -343,36 +380,38 @@ fn find_row(customers: &[RecordBatch], customer_id: &str) -> Option<(usize, usiz
 }
 
 /// Every profile as base-column batches of at most `batch_rows` rows, in customer-id order,
-/// with their records' digests, and the KPI aggregates of the same states (one decode per
-/// profile).
+/// with a batch of their records' digests for each, and the KPI aggregates of the same states
+/// (one decode per profile).
 fn scan(
     reader: &StoreReader,
     batch_rows: usize,
     out: &mut BatchSink,
+    digests_out: &mut BatchSink,
     mut categories: Option<&mut TopCategoryScan>,
-) -> Result<(ProfileDigests, PopulationStats)> {
+) -> Result<PopulationStats> {
     let mut batches = 0;
-    let mut digests = vec![Vec::with_capacity(batch_rows)];
+    let mut digests = Vec::with_capacity(batch_rows);
     let mut stats = PopulationStats::default();
     let mut cols = BaseColumns::with_capacity(batch_rows);
     let mut err = None;
+    let mut flush = |cols: &mut BaseColumns, digests: &mut Vec<u64>| -> Result<()> {
+        out.push(cols.finish()?)?;
+        let column = UInt64Array::from(std::mem::replace(digests, Vec::with_capacity(batch_rows)));
+        digests_out.push(RecordBatch::try_new(
+            ProfileDigests::schema(),
+            vec![Arc::new(column)],
+        )?)
+    };
     reader.for_each_profile_digest(|id, scope, digest, state| {
         stats.add(&state);
         cols.push(id, scope, &state);
         if let Some(c) = categories.as_deref_mut() {
-            c.push(digests.len() - 1, &state);
+            c.push(batches, &state);
         }
-        digests.last_mut().expect("one open batch").push(digest);
+        digests.push(digest);
         if cols.len() >= batch_rows && err.is_none() {
-            match cols
-                .finish()
-                .map_err(QueryError::from)
-                .and_then(|b| out.push(b))
-            {
-                Ok(()) => {
-                    batches += 1;
-                    digests.push(Vec::with_capacity(batch_rows));
-                }
+            match flush(&mut cols, &mut digests) {
+                Ok(()) => batches += 1,
                 Err(e) => err = Some(e),
             }
         }
@@ -381,16 +420,14 @@ fn scan(
         return Err(e);
     }
     if !cols.is_empty() {
-        out.push(cols.finish()?)?;
-        batches += 1;
+        flush(&mut cols, &mut digests)?;
     }
-    digests.truncate(batches);
-    Ok((ProfileDigests(digests), stats))
+    Ok(stats)
 }
 
 fn distribution(base: &[RecordBatch]) -> RfmDistribution {
-    // Sized exactly: grown by doubling, the three arrays would reach up to twice their size
-    // (and three times during a reallocation), hundreds of MB at 10M customers.
+    // One measure's values at a time, sized exactly: 80 MB at most at 10M customers, where
+    // three arrays grown by doubling reached several hundred.
     let purchasers: usize = base
         .iter()
         .map(|b| {
@@ -401,33 +438,45 @@ fn distribution(base: &[RecordBatch]) -> RfmDistribution {
             f.values().iter().filter(|&&v| v >= 1).count()
         })
         .sum();
-    let (mut last, mut freq, mut money) = (
-        Vec::with_capacity(purchasers),
-        Vec::with_capacity(purchasers),
-        Vec::with_capacity(purchasers),
-    );
-    for b in base {
-        let lp = b
-            .column_by_name("last_purchase")
-            .expect("base column")
-            .as_primitive::<TimestampMillisecondType>();
-        let f = b
-            .column_by_name("frequency")
-            .expect("base column")
-            .as_primitive::<Int64Type>();
-        let m = b
-            .column_by_name("monetary")
-            .expect("base column")
-            .as_primitive::<Float64Type>();
-        for i in 0..b.num_rows() {
-            if f.value(i) >= 1 {
-                last.push(lp.value(i));
-                freq.push(f.value(i) as u32);
-                money.push(Money::from_f64(m.value(i)).unwrap_or_default().0);
-            }
+    fn measure<T: Ord + Copy>(
+        base: &[RecordBatch],
+        purchasers: usize,
+        name: &str,
+        value: impl Fn(&ArrayRef, &[usize], &mut Vec<T>),
+    ) -> Quintiles<T> {
+        let mut values = Vec::with_capacity(purchasers);
+        for b in base {
+            let f = b
+                .column_by_name("frequency")
+                .expect("base column")
+                .as_primitive::<Int64Type>();
+            let rows: Vec<usize> = (0..b.num_rows()).filter(|&i| f.value(i) >= 1).collect();
+            value(
+                b.column_by_name(name).expect("base column"),
+                &rows,
+                &mut values,
+            );
         }
+        Quintiles::of(values)
     }
-    RfmDistribution::new(last, freq, money)
+    RfmDistribution::from_quintiles(
+        purchasers,
+        measure(base, purchasers, "last_purchase", |c, rows, out| {
+            let c = c.as_primitive::<TimestampMillisecondType>();
+            out.extend(rows.iter().map(|&i| c.value(i)));
+        }),
+        measure(base, purchasers, "frequency", |c, rows, out| {
+            let c = c.as_primitive::<Int64Type>();
+            out.extend(rows.iter().map(|&i| c.value(i) as u32));
+        }),
+        measure(base, purchasers, "monetary", |c, rows, out| {
+            let c = c.as_primitive::<Float64Type>();
+            out.extend(
+                rows.iter()
+                    .map(|&i| Money::from_f64(c.value(i)).unwrap_or_default().0),
+            );
+        }),
+    )
 }
 
 /// Base columns -> the `customers` columns (without user segments yet).
