@@ -195,31 +195,34 @@ impl StoreReader {
 
     /// Every key of the store's state with the partition it belongs to, as the changelog
     /// names them: profiles by their scope, links and tombstones by theirs (those of the legacy
-    /// scope belong to no partition), contact records by their customer's profile.
-    pub fn every_state_key(&self) -> Result<Vec<ChangedKey>> {
-        let mut keys = Vec::new();
-        let mut scopes = std::collections::HashMap::new();
+    /// scope belong to no partition), contact records by their customer's profile. Visited one
+    /// at a time, so the caller holds only what it keeps (at 10M customers a list of them and a
+    /// map of scopes for the contacts came to about 2 GB).
+    pub fn for_each_state_key(&self, mut visit: impl FnMut(ChangedKey)) -> Result<()> {
         for entry in self.customers.iter()? {
             let (k, v) = entry?;
-            let scope = codec::profile_scope(k.value(), v.value())?;
-            scopes.insert(k.value().to_owned(), scope);
-            keys.push(ChangedKey {
-                partition: scope,
+            visit(ChangedKey {
+                partition: codec::profile_scope(k.value(), v.value())?,
                 kind: ChangeKind::Profile,
                 key: k.value().to_owned(),
             });
         }
-        let links = self
-            .all_aliases()?
-            .into_iter()
-            .map(|(k, _)| (ChangeKind::Alias, k));
-        let tombstones =
-            (self.all_tombstones()?.into_iter()).map(|(k, _)| (ChangeKind::Tombstone, k));
-        for (kind, (id, scope)) in links.chain(tombstones) {
+        for entry in self.aliases.iter()? {
+            let (k, _) = entry?;
+            let (id, scope) = k.value();
             if scope != LEGACY_SCOPE {
-                keys.push(ChangedKey {
+                visit(ChangedKey {
                     partition: scope,
-                    kind,
+                    kind: ChangeKind::Alias,
+                    key: id.to_owned(),
+                });
+            }
+        }
+        for ((id, scope), _) in self.all_tombstones()? {
+            if scope != LEGACY_SCOPE {
+                visit(ChangedKey {
+                    partition: scope,
+                    kind: ChangeKind::Tombstone,
                     key: id,
                 });
             }
@@ -233,16 +236,17 @@ impl StoreReader {
                     continue;
                 }
                 last = Some(customer.to_owned());
-                if let Some(&scope) = scopes.get(customer) {
-                    keys.push(ChangedKey {
-                        partition: scope,
+                // A customer's contacts go with its profile's partition (none without one).
+                if let Some(profile) = self.customers.get(customer)? {
+                    visit(ChangedKey {
+                        partition: codec::profile_scope(customer, profile.value())?,
                         kind: ChangeKind::Contacts,
                         key: customer.to_owned(),
                     });
                 }
             }
         }
-        Ok(keys)
+        Ok(())
     }
 
     /// The profile record stored under exactly `id`, as encoded (scope and state).

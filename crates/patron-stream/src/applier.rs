@@ -160,7 +160,9 @@ impl Applier {
             ..Changes::default()
         };
         if !self.changelog_complete {
-            changes.keys = self.snapshot.every_state_key()?.into_iter().collect();
+            self.snapshot.for_each_state_key(|key| {
+                changes.keys.insert(key);
+            })?;
         }
         self.stage_meta(META_CHANGELOG_COMPLETE, vec![1]);
         self.changelog_complete = true;
