@@ -191,12 +191,16 @@ impl ProfileDigests {
         self.batches.iter().map(|d| d.len() * 8).sum()
     }
 
+    /// The one-column schema of a digest batch (built once).
     fn schema() -> SchemaRef {
-        Arc::new(Schema::new(vec![Field::new(
-            "digest",
-            DataType::UInt64,
-            false,
-        )]))
+        static SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(|| {
+            Arc::new(Schema::new(vec![Field::new(
+                "digest",
+                DataType::UInt64,
+                false,
+            )]))
+        });
+        SCHEMA.clone()
     }
 }
 
