@@ -130,6 +130,23 @@ fn scoring(c: &mut Criterion) {
     g.bench_function("rfm_distribution_build_1M", |b| {
         b.iter(|| RfmDistribution::new(last.clone(), freq.clone(), money.clone()))
     });
+    // The baseline: the whole population sorted, ranked by binary search (what a view kept
+    // until the quintile bounds).
+    let sorted = |mut v: Vec<i64>| {
+        v.sort_unstable();
+        v
+    };
+    g.bench_function("baseline_sorted_population_build_1M", |b| {
+        b.iter(|| {
+            let f: Vec<i64> = freq.iter().map(|&f| i64::from(f)).collect();
+            (sorted(last.clone()), sorted(f), sorted(money.clone()))
+        })
+    });
+    let population = (
+        sorted(last.clone()),
+        sorted(freq.iter().map(|&f| i64::from(f)).collect()),
+        sorted(money.clone()),
+    );
     let dist = RfmDistribution::new(last, freq, money);
     let map = RfmMap::default();
     g.sample_size(100);
@@ -141,7 +158,22 @@ fn scoring(c: &mut Criterion) {
                 7,
                 patron_core::money::Money(1_234_000_000),
             );
-            map.segment(s.r, s.f).len()
+            map.segment(s.r, s.f).len() + usize::from(s.m)
+        })
+    });
+    g.bench_function("baseline_sorted_population_score_among_1M", |b| {
+        let score = |v: &[i64], x: i64| {
+            let worse = v.partition_point(|&y| y < x);
+            (1 + 5 * worse / v.len()).min(5) as u8
+        };
+        b.iter(|| {
+            let r = score(
+                &population.0,
+                black_box(1_700_000_000_000 + 100 * MILLIS_PER_DAY),
+            );
+            let f = score(&population.1, 7);
+            let m = score(&population.2, 1_234_000_000);
+            map.segment(r, f).len() + usize::from(m)
         })
     });
     let model = patron_core::clv::ClvModel {
