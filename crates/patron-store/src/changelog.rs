@@ -193,6 +193,17 @@ impl StoreReader {
         self.decode_all(CHANGELOG_OUTBOX, "changelog_outbox")
     }
 
+    /// The changelog outbox's row numbers only, without decoding the keys they hold (a seed's
+    /// row holds every key of the store).
+    pub fn pending_change_seqs(&self) -> Result<Vec<u64>> {
+        let table = self.txn.open_table(CHANGELOG_OUTBOX)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            out.push(entry?.0.value());
+        }
+        Ok(out)
+    }
+
     /// Every key of the store's state with the partition it belongs to, as the changelog
     /// names them: profiles by their scope, links and tombstones by theirs (those of the legacy
     /// scope belong to no partition), contact records by their customer's profile. Visited one

@@ -246,19 +246,19 @@ impl Changelog {
         self.look = false;
         self.collect(applier);
         let snapshot = applier.snapshot();
-        let all = snapshot.pending_changes()?;
+        // The rows' numbers only: while a round is in flight (a seed's may take minutes) its
+        // keys are not decoded again at every checkpoint.
+        let all = snapshot.pending_change_seqs()?;
         // Rows whose removal is staged (not yet committed) are done.
-        self.removing
-            .retain(|seq| all.iter().any(|(pending, _)| pending == seq));
-        let rows: Vec<&(u64, Vec<ChangedKey>)> = all
-            .iter()
-            .filter(|(seq, _)| !self.removing.contains(seq))
+        self.removing.retain(|seq| all.contains(seq));
+        let seqs: Vec<u64> = all
+            .into_iter()
+            .filter(|seq| !self.removing.contains(seq))
             .collect();
-        self.unsent = rows.len() as u64;
-        if rows.is_empty() || self.round.is_some() {
+        self.unsent = seqs.len() as u64;
+        if seqs.is_empty() || self.round.is_some() {
             return Ok(());
         }
-        let seqs: Vec<u64> = rows.iter().map(|(seq, _)| *seq).collect();
         if self.topic_state == TopicState::Off {
             self.unsent = 0;
             self.removing.extend(seqs.iter().copied());
@@ -268,7 +268,12 @@ impl Changelog {
         if !settled {
             return Ok(());
         }
-        let grouped = by_partition(rows.iter().flat_map(|(_, keys)| keys));
+        let rows = snapshot.pending_changes()?;
+        let grouped = by_partition(
+            rows.iter()
+                .filter(|(seq, _)| seqs.contains(seq))
+                .flat_map(|(_, keys)| keys),
+        );
         let mut sent = 0u64;
         let mut broken = false;
         'round: for (partition, keys) in grouped.iter().filter(|(p, _)| owned.contains(p)) {
