@@ -198,9 +198,11 @@ pub(crate) fn profile_and_row(
     want_row: bool,
 ) -> Result<(Profile, Option<RecordBatch>), ApiError> {
     let scores = match s.last_purchase {
-        Some(last) if s.frequency >= 1 => {
-            Some(view.distribution.scores(last, s.frequency, s.monetary()))
-        }
+        Some(last) if s.frequency >= 1 => Some(view.snapshot.distribution.scores(
+            last,
+            s.frequency,
+            s.monetary(),
+        )),
         _ => None,
     };
     let rfm_segment = match scores {

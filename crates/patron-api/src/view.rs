@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{Array, AsArray};
 use patron_core::clv::ClvOptions;
 use patron_core::config::{Clock, PatronConfig};
-use patron_core::rfm::{PROSPECT, RfmDistribution, RfmMap};
+use patron_core::rfm::{PROSPECT, RfmMap};
 use patron_core::time::{Millis, now_millis};
 use patron_query::clv::{StoredModel, load_model};
 use patron_query::kpi::{self, KpiOptions, KpiSet};
@@ -33,7 +33,6 @@ use crate::offers::OfferPlan;
 
 pub struct View {
     pub snapshot: Snapshot,
-    pub distribution: RfmDistribution,
     pub rfm_map: RfmMap,
     pub model: Option<StoredModel>,
     pub clv_options: Option<ClvOptions>,
@@ -83,8 +82,7 @@ impl View {
         // The per-customer tables live in a file beside the store, mapped: a view over
         // millions of customers would otherwise be most of the server's heap (twice over while
         // a rebuild runs).
-        let mut snapshot =
-            Snapshot::build_beside_store(store, &opts).map_err(ApiError::internal)?;
+        let snapshot = Snapshot::build_beside_store(store, &opts).map_err(ApiError::internal)?;
         let schema = customers_schema();
         let predicates = config
             .segments
@@ -109,9 +107,6 @@ impl View {
         Ok(Self {
             kpis,
             computed_at: now_millis(),
-            // The snapshot's own ranking population, so the profile endpoint and the
-            // `customers` table rank alike (and it is sorted once per build).
-            distribution: std::mem::take(&mut snapshot.distribution),
             snapshot,
             rfm_map: opts.rfm_map,
             model,

@@ -26,7 +26,6 @@ pub struct RfmScores {
 /// view), and four comparisons in place of a binary search.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RfmDistribution {
-    n: usize,
     last_purchase: Quintiles<Millis>,
     frequency: Quintiles<u32>,
     monetary: Quintiles<i64>,
@@ -66,35 +65,24 @@ impl RfmDistribution {
     /// From (last_purchase, frequency, monetary) of every customer with frequency ≥ 1.
     pub fn new(last_purchase: Vec<Millis>, frequency: Vec<u32>, monetary: Vec<i64>) -> Self {
         Self::from_quintiles(
-            frequency.len(),
             Quintiles::of(last_purchase),
             Quintiles::of(frequency),
             Quintiles::of(monetary),
         )
     }
 
-    /// From each measure's bounds over the same `n` customers, so a caller can hold one
-    /// measure's values at a time.
+    /// From each measure's bounds over the same customers, so a caller can hold one measure's
+    /// values at a time.
     pub fn from_quintiles(
-        n: usize,
         last_purchase: Quintiles<Millis>,
         frequency: Quintiles<u32>,
         monetary: Quintiles<i64>,
     ) -> Self {
         Self {
-            n,
             last_purchase,
             frequency,
             monetary,
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.n
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.n == 0
     }
 
     pub fn scores(&self, last_purchase: Millis, frequency: u32, monetary: Money) -> RfmScores {

@@ -464,7 +464,6 @@ fn distribution(base: &[RecordBatch]) -> RfmDistribution {
         Quintiles::of(values)
     }
     RfmDistribution::from_quintiles(
-        purchasers,
         measure(base, purchasers, "last_purchase", |c, rows, out| {
             let c = c.as_primitive::<TimestampMillisecondType>();
             out.extend(rows.iter().map(|&i| c.value(i)));
