@@ -922,6 +922,8 @@ fn a_changelog_started_on_a_replayed_store_holds_all_of_it() {
     let (mut events, linked, last_ts) = small_history();
     let mut positions = produce(&broker.bootstrap(), &first.topic, &events);
     replay_share(&broker.bootstrap(), &first.topic, &first.store, "");
+    // The seed goes in several rounds, with the served changes among them.
+    first.set_source("changelog_seed_batch", "40");
 
     // A serves the replayed store, and changes a few customers.
     let mut a = first.start();
@@ -950,6 +952,64 @@ fn a_changelog_started_on_a_replayed_store_holds_all_of_it() {
     );
 }
 
+/// A server killed in the middle of a seed (a replayed store sent to the changelog a few keys
+/// per round) has confirmed no partition: the instance that takes over finds no marker, so it
+/// reads the whole source topic, and ends with every customer instead of the part of them the
+/// seed had sent.
+#[test]
+fn a_server_killed_mid_seed_leaves_no_partial_state_to_restore() {
+    let dir = test_dir();
+    let broker = Broker::memory();
+    let (first, second) = two_instances(dir.path(), &broker);
+    for setup in [&first, &second] {
+        setup.set_session_timeout(SHORT_SESSION);
+    }
+    let (events, _, _) = small_history();
+    let positions = produce(&broker.bootstrap(), &first.topic, &events);
+    replay_share(&broker.bootstrap(), &first.topic, &first.store, "");
+    // One key per round, a round per 200 ms checkpoint: the seed of some 400 keys takes over a
+    // minute, and is cut off long before its end.
+    first.set_source("changelog_seed_batch", "1");
+
+    let mut a = first.start();
+    wait_owning(&mut [&mut a], 4);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let status = a.status().unwrap_or_default();
+        if counter(&status, &["changelog", "seed_keys_sent"]) >= 5 {
+            assert_eq!(
+                status["changelog"]["seeding"], true,
+                "the seed is still under way: {status:#}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the seed never began: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.kill();
+
+    let mut b = second.start();
+    wait_owning(&mut [&mut b], 4);
+    wait_settled(&mut [&mut b], &TopicEnds::of(&positions), 4);
+    let status = b.status().expect("status");
+    assert_eq!(
+        counter(&status, &["changelog", "restored_partitions"]),
+        0,
+        "nothing confirmed to restore: {status:#}"
+    );
+    b.terminate();
+    let oracle_dir = dir.path().join("oracle");
+    std::fs::create_dir_all(&oracle_dir).expect("an oracle dir");
+    file_oracle(&oracle_dir, &events);
+    assert_same_profiles(
+        &profiles(&second.store),
+        &profiles(&oracle_dir.join("oracle.redb")),
+    );
+}
+
 /// A store replayed from files and then served, with no record arriving: the server sends its
 /// whole state to the changelog as soon as it owns partitions, so an instance that takes over
 /// after it dies (SIGKILL) has every customer, though the topic holds none of their events.
@@ -961,6 +1021,8 @@ fn an_idle_server_sends_a_replayed_store_to_the_changelog_at_once() {
     for setup in [&first, &second] {
         setup.set_session_timeout(SHORT_SESSION);
     }
+    // Several rounds: no partition is marked before the last.
+    first.set_source("changelog_seed_batch", "60");
     let (events, _, _) = small_history();
     let oracle_dir = dir.path().join("oracle");
     std::fs::create_dir_all(&oracle_dir).expect("an oracle dir");
@@ -973,7 +1035,8 @@ fn an_idle_server_sends_a_replayed_store_to_the_changelog_at_once() {
     let deadline = std::time::Instant::now() + DEADLINE;
     loop {
         let status = a.status().unwrap_or_default();
-        if counter(&status, &["changelog", "records_sent"]) > expected.len() as u64
+        if counter(&status, &["changelog", "seed_keys_sent"]) >= expected.len() as u64
+            && status["changelog"]["seeding"] == false
             && status["changelog"]["pending_checkpoints"] == 0
         {
             break;

@@ -189,6 +189,7 @@ fn from_kafka(args: ReplayArgs, config: PatronConfig, store_path: PathBuf) -> Cm
         incarnation: String::new(),
         // A replay rebuilds a store from the log; the changelog belongs to `serve`.
         changelog: false,
+        changelog_seed_batch: config.source.changelog_seed_batch,
         session_timeout: config.source.session_timeout,
     };
     let status = Arc::new(IngestStatus::new(

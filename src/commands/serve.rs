@@ -122,6 +122,7 @@ pub(crate) fn serve(
         dlq_topic: source.dlq_topic.clone(),
         incarnation,
         changelog: source.changelog,
+        changelog_seed_batch: source.changelog_seed_batch,
         session_timeout: source.session_timeout,
     };
     if embedded.is_some() {

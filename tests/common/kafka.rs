@@ -415,10 +415,15 @@ impl ServeSetup {
     /// Sets `[source] session_timeout`: how soon the group hands a killed instance's partitions
     /// to whoever joins next. Tests that kill instances use [`SHORT_SESSION`].
     pub fn set_session_timeout(&self, timeout: &str) {
+        self.set_source("session_timeout", &format!("{timeout:?}"));
+    }
+
+    /// Sets a key of `[source]` to `value` (TOML).
+    pub fn set_source(&self, key: &str, value: &str) {
         let text = std::fs::read_to_string(&self.config).expect("read the serve config");
         let dlq = format!("dlq_topic = {:?}\n", self.dlq_topic);
         assert!(text.contains(&dlq), "no dlq_topic line in {text}");
-        let text = text.replacen(&dlq, &format!("{dlq}session_timeout = {timeout:?}\n"), 1);
+        let text = text.replacen(&dlq, &format!("{dlq}{key} = {value}\n"), 1);
         std::fs::write(&self.config, text).expect("write the serve config");
     }
 

@@ -73,6 +73,10 @@ pub struct SourceConfig {
     /// Keep each partition's state in `<topic>-changelog` (compacted), so an instance taking
     /// a partition over restores it from there instead of reading the topic from its start.
     pub changelog: bool,
+    /// Keys per changelog round while the changelog catches up on a store it did not follow (a
+    /// replayed store's first `serve`): bounds the records queued in memory and the writer's
+    /// pause per round; the seed goes on where it was after a restart.
+    pub changelog_seed_batch: usize,
     /// How long the group waits for an instance that stopped heartbeating before its partitions
     /// go to the others (Kafka's `session.timeout.ms`). Shorter: a crashed instance's partitions
     /// resume sooner; too short for the network: healthy instances are evicted. Keep it at 6 s
@@ -90,6 +94,7 @@ impl Default for SourceConfig {
             group_id: "patron".into(),
             dlq_topic: "patron.dead-letters".into(),
             changelog: true,
+            changelog_seed_batch: 100_000,
             session_timeout: Duration::from_secs(10),
         }
     }

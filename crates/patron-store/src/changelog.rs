@@ -9,6 +9,7 @@
 //! number of profiles it touched.
 
 use std::collections::BTreeMap;
+use std::ops::Bound::{Excluded, Unbounded};
 
 use redb::{ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,22 @@ pub struct ChangedKey {
     pub partition: u32,
     pub kind: ChangeKind,
     pub key: String,
+}
+
+/// Where a changelog seed (every key of a store the changelog did not follow, sent a slice at
+/// a time) goes on: the table it is in, and the last key it sent there (`None`: from the
+/// table's start). Kept in `meta/changelog_seed` until the last slice is acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SeedCursor {
+    Profiles(Option<String>),
+    Aliases(Option<(String, u32)>),
+    Tombstones(Option<(String, u32)>),
+    Contacts(Option<String>),
+}
+
+impl SeedCursor {
+    /// A seed from the first key of the store.
+    pub const START: SeedCursor = SeedCursor::Profiles(None);
 }
 
 /// A partition's state as a changelog holds it, to put in place of the store's own.
@@ -168,6 +185,40 @@ fn write_image(
     Ok(stats)
 }
 
+/// Visits the keys of a table keyed by (id, scope) after `after`, as changes of `kind` in their
+/// scope's partition (those of the legacy scope are passed over, but count), until `left` runs
+/// out: then returns the last key, or `None` at the table's end.
+fn scoped_keys_after<V: redb::Value + 'static>(
+    table: &redb::ReadOnlyTable<(&'static str, u32), V>,
+    after: Option<(String, u32)>,
+    kind: ChangeKind,
+    left: &mut usize,
+    visit: &mut impl FnMut(ChangedKey),
+) -> Result<Option<(String, u32)>> {
+    let range = match &after {
+        Some((id, scope)) => {
+            table.range::<(&str, u32)>((Excluded((id.as_str(), *scope)), Unbounded))?
+        }
+        None => table.iter()?,
+    };
+    for entry in range {
+        let (k, _) = entry?;
+        let (id, scope) = k.value();
+        if scope != LEGACY_SCOPE {
+            visit(ChangedKey {
+                partition: scope,
+                kind,
+                key: id.to_owned(),
+            });
+        }
+        *left -= 1;
+        if *left == 0 {
+            return Ok(Some((id.to_owned(), scope)));
+        }
+    }
+    Ok(None)
+}
+
 /// Removes every entry of `scope` from a table keyed by (id, scope).
 fn drop_scope<V: redb::Value + 'static>(
     table: &mut redb::Table<'_, (&'static str, u32), V>,
@@ -204,60 +255,112 @@ impl StoreReader {
         Ok(out)
     }
 
-    /// Every key of the store's state with the partition it belongs to, as the changelog
-    /// names them: profiles by their scope, links and tombstones by theirs (those of the legacy
-    /// scope belong to no partition), contact records by their customer's profile. Visited one
-    /// at a time, so the caller holds only what it keeps (at 10M customers a list of them and a
-    /// map of scopes for the contacts came to about 2 GB).
-    pub fn for_each_state_key(&self, mut visit: impl FnMut(ChangedKey)) -> Result<()> {
-        for entry in self.customers.iter()? {
-            let (k, v) = entry?;
-            visit(ChangedKey {
-                partition: codec::profile_scope(k.value(), v.value())?,
-                kind: ChangeKind::Profile,
-                key: k.value().to_owned(),
-            });
+    /// The changelog seed in progress: where the next slice of a store the changelog did not
+    /// follow starts, or `None` when no seed is owed.
+    pub fn changelog_seed(&self) -> Result<Option<SeedCursor>> {
+        match self.meta(META_CHANGELOG_SEED)? {
+            Some(v) => codec::decode("meta", META_CHANGELOG_SEED, &v),
+            None => Ok(None),
         }
-        for entry in self.aliases.iter()? {
-            let (k, _) = entry?;
-            let (id, scope) = k.value();
-            if scope != LEGACY_SCOPE {
-                visit(ChangedKey {
-                    partition: scope,
-                    kind: ChangeKind::Alias,
-                    key: id.to_owned(),
-                });
-            }
-        }
-        for ((id, scope), _) in self.all_tombstones()? {
-            if scope != LEGACY_SCOPE {
-                visit(ChangedKey {
-                    partition: scope,
-                    kind: ChangeKind::Tombstone,
-                    key: id,
-                });
-            }
-        }
-        if let Some(contacts) = &self.offer_contacts {
-            let mut last: Option<String> = None;
-            for entry in contacts.iter()? {
-                let (k, _) = entry?;
-                let customer = k.value().0;
-                if last.as_deref() == Some(customer) {
-                    continue;
+    }
+
+    /// Visits the keys of the store's state after `from`, at most `limit` of them, with the
+    /// partition each belongs to, as the changelog names them: profiles by their scope, links
+    /// and tombstones by theirs (those of the legacy scope belong to no partition and are
+    /// passed over, though they count), contact records by their customer's profile. Returns
+    /// where the next slice starts, or `None` once every key was visited. One slice at a time,
+    /// so a seed of 10M customers holds no list of them and sends no round of millions.
+    pub fn state_keys_after(
+        &self,
+        from: &SeedCursor,
+        limit: usize,
+        mut visit: impl FnMut(ChangedKey),
+    ) -> Result<Option<SeedCursor>> {
+        let mut left = limit.max(1);
+        let mut at = from.clone();
+        loop {
+            at = match at {
+                SeedCursor::Profiles(after) => {
+                    let range = match &after {
+                        Some(id) => self
+                            .customers
+                            .range::<&str>((Excluded(id.as_str()), Unbounded))?,
+                        None => self.customers.iter()?,
+                    };
+                    for entry in range {
+                        let (k, v) = entry?;
+                        let id = k.value();
+                        visit(ChangedKey {
+                            partition: codec::profile_scope(id, v.value())?,
+                            kind: ChangeKind::Profile,
+                            key: id.to_owned(),
+                        });
+                        left -= 1;
+                        if left == 0 {
+                            return Ok(Some(SeedCursor::Profiles(Some(id.to_owned()))));
+                        }
+                    }
+                    SeedCursor::Aliases(None)
                 }
-                last = Some(customer.to_owned());
-                // A customer's contacts go with its profile's partition (none without one).
-                if let Some(profile) = self.customers.get(customer)? {
-                    visit(ChangedKey {
-                        partition: codec::profile_scope(customer, profile.value())?,
-                        kind: ChangeKind::Contacts,
-                        key: customer.to_owned(),
-                    });
+                SeedCursor::Aliases(after) => {
+                    let last = scoped_keys_after(
+                        &self.aliases,
+                        after,
+                        ChangeKind::Alias,
+                        &mut left,
+                        &mut visit,
+                    )?;
+                    if last.is_some() {
+                        return Ok(Some(SeedCursor::Aliases(last)));
+                    }
+                    SeedCursor::Tombstones(None)
                 }
-            }
+                SeedCursor::Tombstones(after) => {
+                    let table = self.txn.open_table(TOMBSTONES)?;
+                    let last = scoped_keys_after(
+                        &table,
+                        after,
+                        ChangeKind::Tombstone,
+                        &mut left,
+                        &mut visit,
+                    )?;
+                    if last.is_some() {
+                        return Ok(Some(SeedCursor::Tombstones(last)));
+                    }
+                    SeedCursor::Contacts(None)
+                }
+                SeedCursor::Contacts(after) => {
+                    let Some(contacts) = &self.offer_contacts else {
+                        return Ok(None);
+                    };
+                    // A customer's records are one key: start at the first of them, and pass
+                    // over those of the customer the last slice ended with.
+                    let start = after.as_deref().unwrap_or("");
+                    let mut last = after.clone();
+                    for entry in contacts.range((start, "")..)? {
+                        let (k, _) = entry?;
+                        let customer = k.value().0;
+                        if last.as_deref() == Some(customer) {
+                            continue;
+                        }
+                        last = Some(customer.to_owned());
+                        // A customer's contacts go with its profile's partition (none without one).
+                        if let Some(profile) = self.customers.get(customer)? {
+                            visit(ChangedKey {
+                                partition: codec::profile_scope(customer, profile.value())?,
+                                kind: ChangeKind::Contacts,
+                                key: customer.to_owned(),
+                            });
+                        }
+                        left -= 1;
+                        if left == 0 {
+                            return Ok(Some(SeedCursor::Contacts(last)));
+                        }
+                    }
+                    return Ok(None);
+                }
+            };
         }
-        Ok(())
     }
 
     /// The profile record stored under exactly `id`, as encoded (scope and state).
@@ -422,6 +525,85 @@ mod tests {
         assert_eq!(
             r.pending_changes().unwrap(),
             vec![(5, image.resend.clone())]
+        );
+    }
+
+    /// Every key of the state once, in table order, whatever the slice size: the seed's
+    /// slices, each starting where the last ended, add up to the whole store.
+    #[test]
+    fn seed_slices_visit_every_state_key_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("s.redb")).unwrap();
+        let contact = |customer: &str, offer: &str| {
+            (
+                (customer.to_owned(), offer.to_owned()),
+                ContactRecord::default(),
+            )
+        };
+        store
+            .commit(&Checkpoint {
+                profiles: vec![
+                    ProfileWrite::upsert("b", 1, &state(1)),
+                    ProfileWrite::upsert("a", 0, &state(1)),
+                    ProfileWrite::upsert("c", 2, &state(1)),
+                ],
+                links: vec![
+                    (("anon-2".into(), 2), Some("c".into())),
+                    (("anon-1".into(), 0), Some("a".into())),
+                    (("old".into(), LEGACY_SCOPE), Some("a".into())),
+                ],
+                tombstones: vec![
+                    (("gone".into(), 1), Some(5)),
+                    (("x".into(), LEGACY_SCOPE), Some(6)),
+                ],
+                contacts: vec![
+                    contact("c", "o2"),
+                    contact("a", "o1"),
+                    contact("a", "o2"),
+                    // Contact records of a customer with no profile belong to no partition.
+                    contact("ghost", "o1"),
+                    contact("b", "o1"),
+                ],
+                ..Checkpoint::default()
+            })
+            .unwrap();
+        let key = |partition, kind, key: &str| ChangedKey {
+            partition,
+            kind,
+            key: key.to_owned(),
+        };
+        let expected = vec![
+            key(0, ChangeKind::Profile, "a"),
+            key(1, ChangeKind::Profile, "b"),
+            key(2, ChangeKind::Profile, "c"),
+            key(0, ChangeKind::Alias, "anon-1"),
+            key(2, ChangeKind::Alias, "anon-2"),
+            key(1, ChangeKind::Tombstone, "gone"),
+            key(0, ChangeKind::Contacts, "a"),
+            key(1, ChangeKind::Contacts, "b"),
+            key(2, ChangeKind::Contacts, "c"),
+        ];
+        let reader = store.reader().unwrap();
+        for limit in [1, 2, 3, 5, 100] {
+            let mut visited = Vec::new();
+            let mut from = Some(SeedCursor::START);
+            let mut slices = 0;
+            while let Some(at) = from {
+                from = reader
+                    .state_keys_after(&at, limit, |k| visited.push(k))
+                    .unwrap();
+                slices += 1;
+                assert!(slices <= 20, "the seed ends (slices of {limit})");
+            }
+            assert_eq!(visited, expected, "slices of {limit}");
+        }
+        assert_eq!(
+            reader
+                .state_keys_after(&SeedCursor::Contacts(Some("c".into())), 10, |k| panic!(
+                    "nothing after the last key: {k:?}"
+                ))
+                .unwrap(),
+            None
         );
     }
 

@@ -32,7 +32,7 @@ use std::sync::{Arc, RwLock};
 
 use redb::ReadableDatabase;
 
-pub use changelog::{ChangeKind, ChangedKey, PartitionImage, RestoreStats};
+pub use changelog::{ChangeKind, ChangedKey, PartitionImage, RestoreStats, SeedCursor};
 pub use checkpoint::{
     Checkpoint, DailyTotals, DeadLetterRecord, ErasureCounters, ProfileWrite, RouteKind,
     RoutedRecord, ScopedId, SourcePosition, StoreCounters,

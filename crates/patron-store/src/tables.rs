@@ -74,10 +74,13 @@ pub const META_DEAD_LETTER_OFFSET: &str = "dead_letter_offset";
 pub const META_ROUTE_SEQ: &str = "route_seq";
 /// The next changelog outbox sequence number (u64, little-endian).
 pub const META_CHANGELOG_SEQ: &str = "changelog_seq";
-/// 1 while every piece of state the store holds is in the changelog or its outbox (a writer
-/// tracking changes since the store was empty, or since it queued every key once); 0 once a
+/// 1 while every piece of state the store holds is in the changelog, its outbox or the seed in
+/// progress (a writer tracking changes since the store was empty, or since it began a seed); 0 once a
 /// writer committed without tracking them (a replay, `serve` with the changelog off).
 pub const META_CHANGELOG_COMPLETE: &str = "changelog_complete";
+/// The changelog seed in progress ([`crate::changelog::SeedCursor`], encoded as an `Option`;
+/// `None` or absent: no seed owed).
+pub const META_CHANGELOG_SEED: &str = "changelog_seed";
 /// [`crate::ErasureCounters`]: customers erased and events dropped by tombstones.
 pub const META_ERASURES: &str = "erasures";
 

@@ -13,11 +13,11 @@ use patron_core::offer::decision_segment;
 use patron_core::state::{ApplyContext, ApplyOutcome, CustomerState};
 use patron_core::time::Millis;
 use patron_core::time::day_index;
-use patron_store::tables::{META_CHANGELOG_COMPLETE, META_CHANGELOG_SEQ};
+use patron_store::tables::{META_CHANGELOG_COMPLETE, META_CHANGELOG_SEED, META_CHANGELOG_SEQ};
 use patron_store::{
     ChangeKind, ChangedKey, Checkpoint, ContactRecord, DailyTotals, DeadLetterRecord,
     ErasureCounters, OfferCounts, PartitionImage, ProfileWrite, RestoreStats, RoutedRecord,
-    ScopedId, SourcePosition, Store, StoreCounters, StoreReader,
+    ScopedId, SeedCursor, SourcePosition, Store, StoreCounters, StoreReader, codec,
 };
 use rayon::prelude::*;
 
@@ -147,27 +147,30 @@ impl Applier {
     /// Keeps, with every checkpoint, the keys it changed (the changelog outbox).
     ///
     /// A store whose state the changelog may not hold all of (built by a replay, or served with
-    /// the changelog off) queues every key once, so a new owner restoring a partition gets all
-    /// of it, not only what changed since.
+    /// the changelog off) begins a seed: the changelog writer sends every key, a slice per
+    /// round (`meta/changelog_seed`), so a new owner restoring a partition gets all of it, not
+    /// only what changed since. A seed cut off by a stop goes on where it was at the next start.
     pub fn track_changes(&mut self) -> Result<()> {
         let next_seq = self
             .snapshot
             .meta(META_CHANGELOG_SEQ)?
             .and_then(|b| b.try_into().ok().map(u64::from_le_bytes))
             .unwrap_or(0);
-        let mut changes = Changes {
-            next_seq,
-            ..Changes::default()
-        };
         if !self.changelog_complete {
-            self.snapshot.for_each_state_key(|key| {
-                changes.keys.insert(key);
-            })?;
+            self.stage_changelog_seed(Some(SeedCursor::START));
         }
         self.stage_meta(META_CHANGELOG_COMPLETE, vec![1]);
         self.changelog_complete = true;
-        self.changes = Some(changes);
+        self.changes = Some(Changes {
+            next_seq,
+            ..Changes::default()
+        });
         Ok(())
+    }
+
+    /// Records with the next checkpoint where the changelog seed goes on (`None`: it is done).
+    pub fn stage_changelog_seed(&mut self, cursor: Option<SeedCursor>) {
+        self.stage_meta(META_CHANGELOG_SEED, codec::encode(&cursor));
     }
 
     /// Removes changelog outbox rows with the next checkpoint.
@@ -725,53 +728,60 @@ mod tests {
             .expect("a valid purchase")
     }
 
-    /// A store built without the changelog (a replay) queues every key once when a writer
-    /// starts tracking changes on it; a store the changelog has followed from the start does
-    /// not.
+    /// A store built without the changelog (a replay) owes a seed from its first key when a
+    /// writer starts tracking changes on it; a store the changelog has followed from the start
+    /// owes none, and a seed under way is not started over.
     #[test]
-    fn a_changelog_started_on_a_store_it_did_not_follow_queues_every_key_once() {
+    fn a_changelog_started_on_a_store_it_did_not_follow_owes_a_seed() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let store = Store::open(dir.path().join("state.redb")).expect("a store");
         let open = || Applier::open(store.clone(), ApplyContext::default()).expect("an applier");
+        let seed = || {
+            store
+                .reader()
+                .expect("a reader")
+                .changelog_seed()
+                .expect("meta")
+        };
         let mut replay = open();
         replay.apply(&purchase("c1", 1), 0).expect("applied");
         replay.apply(&purchase("c2", 1), 0).expect("applied");
         replay.checkpoint().expect("a checkpoint");
         drop(replay);
+        assert_eq!(seed(), None, "a replay owes no seed itself");
 
         let mut serve = open();
         serve.track_changes().expect("tracking");
         serve.checkpoint().expect("a checkpoint");
-        let rows = store
-            .reader()
-            .expect("a reader")
-            .pending_changes()
-            .expect("rows");
-        let keys: Vec<(u32, ChangeKind, &str)> = rows
-            .iter()
-            .flat_map(|(_, keys)| keys.iter().map(|k| (k.partition, k.kind, k.key.as_str())))
-            .collect();
-        assert_eq!(
-            keys,
-            vec![
-                (0, ChangeKind::Profile, "c1"),
-                (0, ChangeKind::Profile, "c2")
-            ]
-        );
+        assert_eq!(seed(), Some(SeedCursor::START));
+        let halfway = SeedCursor::Profiles(Some("c1".into()));
+        serve.stage_changelog_seed(Some(halfway.clone()));
+        serve.checkpoint().expect("a checkpoint");
         drop(serve);
 
         let mut again = open();
         again.track_changes().expect("tracking");
         again.checkpoint().expect("a checkpoint");
         assert_eq!(
+            seed(),
+            Some(halfway),
+            "a restart goes on where the seed was"
+        );
+        again.stage_changelog_seed(None);
+        again.checkpoint().expect("a checkpoint");
+        drop(again);
+
+        let mut followed = open();
+        followed.track_changes().expect("tracking");
+        followed.checkpoint().expect("a checkpoint");
+        assert_eq!(seed(), None, "a store the changelog followed owes none");
+        assert!(
             store
                 .reader()
                 .expect("a reader")
                 .pending_changes()
                 .expect("rows")
-                .len(),
-            1,
-            "a store the changelog followed queues nothing more"
+                .is_empty()
         );
     }
 

@@ -38,6 +38,7 @@ fn ingest(store: &Store, broker: &EmbeddedBroker) -> ingest::IngestSummary {
         dlq_topic: DLQ.into(),
         incarnation: broker.incarnation().into(),
         changelog: false,
+        changelog_seed_batch: 1,
         session_timeout: std::time::Duration::from_secs(10),
     };
     let status = Arc::new(IngestStatus::new(&source.position_key(), TOPIC, DLQ));

@@ -29,7 +29,9 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use patron_store::changelog::{ContactsValue, by_partition};
-use patron_store::{ChangeKind, ChangedKey, PartitionImage, SourcePosition, StoreReader, codec};
+use patron_store::{
+    ChangeKind, ChangedKey, PartitionImage, SeedCursor, SourcePosition, StoreReader, codec,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -38,7 +40,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::dead_letters::{DeliveryLog, warn_limited};
+use super::dead_letters::{DeliveryLog, serve_reports, warn_limited};
 use super::{client_config, ensure_compacted_topic};
 use crate::applier::Applier;
 use crate::{Result, StreamError};
@@ -99,6 +101,11 @@ pub struct Found {
 struct Round {
     /// The outbox rows they carry.
     seqs: Vec<u64>,
+    /// A slice of the seed went with them: where the seed goes on once they are acknowledged
+    /// (`Some(None)`: it is done).
+    seed_next: Option<Option<SeedCursor>>,
+    /// The seed's keys among them.
+    seed_keys: u64,
     sent: u64,
     acknowledged: u64,
     failed: u64,
@@ -110,6 +117,8 @@ struct Round {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ChangelogCounts {
     pub records_sent: u64,
+    /// Keys of the seed (a store the changelog did not follow) acknowledged.
+    pub seed_keys_sent: u64,
     pub rounds: u64,
     pub restored_partitions: u64,
     pub restored_profiles: u64,
@@ -141,6 +150,14 @@ pub struct Changelog {
     removing: HashSet<u64>,
     /// Rows not yet in the topic, as of the last round.
     unsent: u64,
+    /// A seed is owed (every key of a store the changelog did not follow, sent a slice per
+    /// round): no partition gets a marker until its last slice, as a marker confirms the whole
+    /// of a partition's state.
+    seeding: bool,
+    /// Where the seed goes on, staged with the next checkpoint and not yet in a snapshot.
+    seed_staged: Option<Option<SeedCursor>>,
+    /// Keys of the seed per round.
+    seed_batch: usize,
     /// The topic just became ready: the next checkpoint looks for rows to send (left from the
     /// last run, or every key of a store the changelog did not follow), records or not.
     look: bool,
@@ -148,11 +165,13 @@ pub struct Changelog {
 }
 
 impl Changelog {
+    /// `seed_batch`: keys of a seed per round (`[source] changelog_seed_batch`).
     pub fn open(
         brokers: &str,
         source_topic: &str,
         source_key: &str,
         store_id: &str,
+        seed_batch: usize,
     ) -> Result<Self> {
         let producer = client_config(brokers)
             .set("acks", "all")
@@ -176,6 +195,9 @@ impl Changelog {
             round: None,
             removing: HashSet::new(),
             unsent: 0,
+            seeding: false,
+            seed_staged: None,
+            seed_batch: seed_batch.max(1),
             look: false,
             counts: ChangelogCounts::default(),
         })
@@ -189,14 +211,24 @@ impl Changelog {
         self.topic_state == TopicState::Ready
     }
 
-    /// Whether a checkpoint is needed for the outbox (rows to send, or deliveries to record).
+    /// Whether a checkpoint is needed for the outbox (rows or a seed to send, or deliveries to
+    /// record).
     pub fn owed(&self) -> bool {
-        self.unsent > 0 || self.round.is_some() || !self.removing.is_empty() || self.look
+        self.unsent > 0
+            || self.seeding
+            || self.round.is_some()
+            || !self.removing.is_empty()
+            || self.look
     }
 
     /// Checkpoints whose changes the topic does not hold yet.
     pub fn pending(&self) -> u64 {
         self.unsent
+    }
+
+    /// Whether a seed is still being sent.
+    pub fn seeding(&self) -> bool {
+        self.seeding
     }
 
     /// Makes sure the topic exists with `partitions` partitions (the source's count). A topic
@@ -224,11 +256,15 @@ impl Changelog {
         }
     }
 
-    /// After a checkpoint: produces the values of every key in the changelog outbox, as of
-    /// `snapshot`, with a marker per partition, for the partitions this instance owns. Keys of
-    /// partitions it no longer owns are dropped: their new owner restored from an earlier marker
-    /// and reads the source from there. `settled`: the identity records and dead letters of
-    /// every committed checkpoint are acknowledged (otherwise nothing is sent this round).
+    /// After a checkpoint: produces the values of every key in the changelog outbox, and the
+    /// next slice of a seed in progress, as of `snapshot`, with a marker per partition, for the
+    /// partitions this instance owns. Keys of partitions it no longer owns are dropped: their
+    /// new owner restored from an earlier marker and reads the source from there. `settled`:
+    /// the identity records and dead letters of every committed checkpoint are acknowledged
+    /// (otherwise nothing is sent this round).
+    ///
+    /// While a seed goes on, rounds carry no markers: the topic does not hold the whole of any
+    /// partition yet. The round with the seed's last slice marks every owned partition.
     ///
     /// A round is not waited for: its acknowledgements are collected after later checkpoints
     /// (and by [`Self::finish`]), and the next round starts once it is complete.
@@ -246,8 +282,8 @@ impl Changelog {
         self.look = false;
         self.collect(applier);
         let snapshot = applier.snapshot();
-        // The rows' numbers only: while a round is in flight (a seed's may take minutes) its
-        // keys are not decoded again at every checkpoint.
+        // The rows' numbers only: while a round is in flight its keys are not decoded again at
+        // every checkpoint.
         let all = snapshot.pending_change_seqs()?;
         // Rows whose removal is staged (not yet committed) are done.
         self.removing.retain(|seq| all.contains(seq));
@@ -255,12 +291,17 @@ impl Changelog {
             .into_iter()
             .filter(|seq| !self.removing.contains(seq))
             .collect();
+        // Owning no partition, a seed has nothing to send and must not move on.
+        let seed = self.seed_as_of(snapshot)?.filter(|_| !owned.is_empty());
         self.unsent = seqs.len() as u64;
-        if seqs.is_empty() || self.round.is_some() {
+        self.seeding = seed.is_some();
+        if (seqs.is_empty() && seed.is_none()) || self.round.is_some() {
             return Ok(());
         }
         if self.topic_state == TopicState::Off {
+            // Rows are dropped as sent; a seed waits for a topic that can hold it.
             self.unsent = 0;
+            self.seeding = false;
             self.removing.extend(seqs.iter().copied());
             applier.stage_changes_delivered(seqs);
             return Ok(());
@@ -268,22 +309,46 @@ impl Changelog {
         if !settled {
             return Ok(());
         }
-        let rows = snapshot.pending_changes()?;
+        let rows = if seqs.is_empty() {
+            Vec::new()
+        } else {
+            snapshot.pending_changes()?
+        };
+        let mut seed_keys = Vec::new();
+        let seed_next = match &seed {
+            Some(from) => Some(snapshot.state_keys_after(from, self.seed_batch, |key| {
+                if owned.contains(&key.partition) {
+                    seed_keys.push(key);
+                }
+            })?),
+            None => None,
+        };
         let grouped = by_partition(
             rows.iter()
                 .filter(|(seq, _)| seqs.contains(seq))
-                .flat_map(|(_, keys)| keys),
+                .flat_map(|(_, keys)| keys)
+                .chain(&seed_keys),
         );
+        let marked: BTreeSet<u32> = match &seed_next {
+            Some(Some(_)) => BTreeSet::new(),
+            Some(None) => owned.clone(),
+            None => grouped.keys().copied().collect(),
+        };
+        let no_keys = Vec::new();
+        let partitions: BTreeSet<u32> = grouped.keys().chain(&marked).copied().collect();
         let mut sent = 0u64;
         let mut broken = false;
-        'round: for (partition, keys) in grouped.iter().filter(|(p, _)| owned.contains(p)) {
-            for (kind, key) in keys {
+        'round: for partition in partitions.iter().filter(|p| owned.contains(p)) {
+            for (kind, key) in grouped.get(partition).unwrap_or(&no_keys) {
                 let value = value_of(snapshot, *partition, *kind, key)?;
                 if !self.try_send(*partition, &record_key(*kind, key), value.as_deref()) {
                     broken = true;
                     break 'round;
                 }
                 sent += 1;
+            }
+            if !marked.contains(partition) {
+                continue;
             }
             let marker = Marker {
                 store: self.store_id.clone(),
@@ -297,6 +362,8 @@ impl Changelog {
         }
         self.round = Some(Round {
             seqs,
+            seed_next,
+            seed_keys: seed_keys.len() as u64,
             sent,
             acknowledged: 0,
             failed: 0,
@@ -304,6 +371,19 @@ impl Changelog {
         });
         self.collect(applier);
         Ok(())
+    }
+
+    /// Where the seed goes on: the cursor staged by the last complete round until a snapshot
+    /// holds it, the snapshot's otherwise.
+    fn seed_as_of(&mut self, snapshot: &StoreReader) -> Result<Option<SeedCursor>> {
+        let committed = snapshot.changelog_seed()?;
+        match &self.seed_staged {
+            Some(staged) if *staged != committed => Ok(staged.clone()),
+            _ => {
+                self.seed_staged = None;
+                Ok(committed)
+            }
+        }
     }
 
     /// Waits (up to a bound) for the round in flight, as before partitions are released or at
@@ -320,7 +400,7 @@ impl Changelog {
     /// Takes the acknowledgements that arrived; a complete round's rows leave the outbox with
     /// the next checkpoint, a round with failures is sent again.
     fn collect(&mut self, applier: &mut Applier) {
-        self.producer.poll(Duration::ZERO);
+        serve_reports(&self.producer);
         let outcomes = self.producer.context().take();
         let Some(round) = &mut self.round else {
             return;
@@ -341,6 +421,12 @@ impl Changelog {
             self.unsent = self.unsent.saturating_sub(round.seqs.len() as u64);
             self.removing.extend(round.seqs.iter().copied());
             applier.stage_changes_delivered(round.seqs);
+            if let Some(next) = round.seed_next {
+                self.counts.seed_keys_sent += round.seed_keys;
+                self.seeding = next.is_some();
+                applier.stage_changelog_seed(next.clone());
+                self.seed_staged = Some(next);
+            }
         } else {
             let message = format!(
                 "changelog {}: {} of {} records not acknowledged; the round is sent again after the next checkpoint",
@@ -623,7 +709,7 @@ mod tests {
 
         // No broker listens there: nothing may be sent, and creating the producer needs none.
         let mut changelog =
-            Changelog::open("127.0.0.1:9", "events", "kafka:events", "store").expect("opened");
+            Changelog::open("127.0.0.1:9", "events", "kafka:events", "store", 10).expect("opened");
         changelog
             .after_checkpoint(&mut applier, &BTreeSet::from([0]), true)
             .expect("after the checkpoint");

@@ -581,6 +581,7 @@ pub fn run(
             &opts.source.topic,
             &opts.source.position_key(),
             forwarder.store_id(),
+            opts.source.changelog_seed_batch,
         )?)
     } else {
         None
@@ -1231,6 +1232,8 @@ impl Writer {
             topic: changelog.topic().to_owned(),
             records_sent: counts.records_sent,
             pending_checkpoints: changelog.pending(),
+            seeding: changelog.seeding(),
+            seed_keys_sent: counts.seed_keys_sent,
             restored_partitions: counts.restored_partitions,
             restored_profiles: counts.restored_profiles,
         });

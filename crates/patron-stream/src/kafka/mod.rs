@@ -50,6 +50,8 @@ pub struct KafkaSource {
     pub incarnation: String,
     /// Keep the changelog topic (`serve` only; see [`changelog`]).
     pub changelog: bool,
+    /// Keys per changelog round while a seed catches up (`[source] changelog_seed_batch`).
+    pub changelog_seed_batch: usize,
     /// The consumer group's session timeout (`[source] session_timeout`).
     pub session_timeout: Duration,
 }

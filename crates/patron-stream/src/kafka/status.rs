@@ -104,6 +104,11 @@ pub struct ChangelogStatus {
     pub records_sent: u64,
     /// Checkpoints whose changed keys are committed and not yet all in the topic.
     pub pending_checkpoints: u64,
+    /// The changelog is being sent a store it did not follow (a replayed one), a batch of keys
+    /// per round; until the last, it confirms no partition's state.
+    pub seeding: bool,
+    /// Keys of that seed the topic acknowledged since this process started.
+    pub seed_keys_sent: u64,
     /// Partitions this process took over from the changelog, and the profiles that came with
     /// them (instead of reading the source from its start).
     pub restored_partitions: u64,
