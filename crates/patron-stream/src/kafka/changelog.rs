@@ -373,6 +373,21 @@ impl Changelog {
         Ok(())
     }
 
+    /// Partitions were assigned to this instance. A seed under way passed over their keys until
+    /// now (they were not owned), and its last round will mark them: it starts again from the
+    /// first key, so the marks confirm all of their state. Keys already sent go again.
+    pub fn partitions_gained(&mut self, applier: &mut Applier) -> Result<()> {
+        if self.seed_as_of(applier.snapshot())?.is_none() {
+            return Ok(());
+        }
+        if let Some(next) = self.round.as_mut().and_then(|r| r.seed_next.as_mut()) {
+            *next = Some(SeedCursor::START);
+        }
+        applier.stage_changelog_seed(Some(SeedCursor::START));
+        self.seed_staged = Some(Some(SeedCursor::START));
+        Ok(())
+    }
+
     /// Where the seed goes on: the cursor staged by the last complete round until a snapshot
     /// holds it, the snapshot's otherwise.
     fn seed_as_of(&mut self, snapshot: &StoreReader) -> Result<Option<SeedCursor>> {
@@ -719,6 +734,58 @@ mod tests {
         );
         applier.checkpoint().expect("a checkpoint");
         assert_eq!(pending().len(), 1, "the row waits for the topic");
+    }
+
+    /// A seed under way starts again from the first key when partitions are assigned (it
+    /// passed over their keys while they were not owned); with no seed, nothing changes.
+    #[test]
+    fn partitions_gained_mid_seed_start_it_again() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::open(dir.path().join("state.redb")).expect("a store");
+        let open = || Applier::open(store.clone(), ApplyContext::default()).expect("an applier");
+        let seed = || {
+            store
+                .reader()
+                .expect("a reader")
+                .changelog_seed()
+                .expect("meta")
+        };
+        let mut replay = open();
+        for id in ["c1", "c2"] {
+            let json = format!(
+                r#"{{"type":"purchase","event_id":"{id}","ts":"2025-03-01T10:00:00Z","customer_id":"{id}","amount":"10.00"}}"#
+            );
+            let event = Decoder::default()
+                .decode(json.as_bytes(), now_millis())
+                .expect("an event");
+            replay.apply(&event, 0).expect("applied");
+        }
+        replay.checkpoint().expect("a checkpoint");
+        drop(replay);
+
+        let mut applier = open();
+        applier.track_changes().expect("tracking");
+        let halfway = SeedCursor::Profiles(Some("c1".into()));
+        applier.stage_changelog_seed(Some(halfway.clone()));
+        applier.checkpoint().expect("a checkpoint");
+        assert_eq!(seed(), Some(halfway));
+        let mut changelog =
+            Changelog::open("127.0.0.1:9", "events", "kafka:events", "store", 10).expect("opened");
+        changelog
+            .partitions_gained(&mut applier)
+            .expect("partitions gained");
+        applier.checkpoint().expect("a checkpoint");
+        assert_eq!(seed(), Some(SeedCursor::START));
+
+        applier.stage_changelog_seed(None);
+        applier.checkpoint().expect("a checkpoint");
+        let mut changelog =
+            Changelog::open("127.0.0.1:9", "events", "kafka:events", "store", 10).expect("opened");
+        changelog
+            .partitions_gained(&mut applier)
+            .expect("partitions gained");
+        applier.checkpoint().expect("a checkpoint");
+        assert_eq!(seed(), None, "no seed to start again");
     }
 
     fn marker(next_offset: u64) -> Vec<u8> {
