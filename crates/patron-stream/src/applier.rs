@@ -713,13 +713,13 @@ impl Applier {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use patron_core::decode::Decoder;
     use patron_core::time::now_millis;
 
     use super::*;
 
-    fn purchase(id: &str, n: u32) -> Event {
+    pub(crate) fn purchase(id: &str, n: u32) -> Event {
         let json = format!(
             r#"{{"type":"purchase","event_id":"{id}-{n}","ts":"2025-03-0{n}T10:00:00Z","customer_id":"{id}","amount":"10.00"}}"#
         );
@@ -728,13 +728,25 @@ mod tests {
             .expect("a valid purchase")
     }
 
+    /// A store in `dir` built the way a replay builds one (no changelog), with a purchase of
+    /// each of `ids`.
+    pub(crate) fn replayed_store(dir: &std::path::Path, ids: &[&str]) -> Store {
+        let store = Store::open(dir.join("state.redb")).expect("a store");
+        let mut replay = Applier::open(store.clone(), ApplyContext::default()).expect("an applier");
+        for id in ids {
+            replay.apply(&purchase(id, 1), 0).expect("applied");
+        }
+        replay.checkpoint().expect("a checkpoint");
+        store
+    }
+
     /// A store built without the changelog (a replay) owes a seed from its first key when a
     /// writer starts tracking changes on it; a store the changelog has followed from the start
     /// owes none, and a seed under way is not started over.
     #[test]
     fn a_changelog_started_on_a_store_it_did_not_follow_owes_a_seed() {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let store = Store::open(dir.path().join("state.redb")).expect("a store");
+        let store = replayed_store(dir.path(), &["c1", "c2"]);
         let open = || Applier::open(store.clone(), ApplyContext::default()).expect("an applier");
         let seed = || {
             store
@@ -743,11 +755,6 @@ mod tests {
                 .changelog_seed()
                 .expect("meta")
         };
-        let mut replay = open();
-        replay.apply(&purchase("c1", 1), 0).expect("applied");
-        replay.apply(&purchase("c2", 1), 0).expect("applied");
-        replay.checkpoint().expect("a checkpoint");
-        drop(replay);
         assert_eq!(seed(), None, "a replay owes no seed itself");
 
         let mut serve = open();
