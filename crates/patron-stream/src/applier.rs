@@ -719,7 +719,7 @@ pub(crate) mod tests {
 
     use super::*;
 
-    pub(crate) fn purchase(id: &str, n: u32) -> Event {
+    fn purchase(id: &str, n: u32) -> Event {
         let json = format!(
             r#"{{"type":"purchase","event_id":"{id}-{n}","ts":"2025-03-0{n}T10:00:00Z","customer_id":"{id}","amount":"10.00"}}"#
         );

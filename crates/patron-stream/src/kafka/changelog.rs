@@ -158,8 +158,8 @@ pub struct Changelog {
     seed_staged: Option<Option<SeedCursor>>,
     /// Keys of the seed per round.
     seed_batch: usize,
-    /// The topic just became ready: the next checkpoint looks for rows to send (left from the
-    /// last run, or every key of a store the changelog did not follow), records or not.
+    /// The topic just became ready: the next checkpoint looks for rows left from the last run,
+    /// or a seed to send, records or not.
     look: bool,
     pub counts: ChangelogCounts,
 }

@@ -996,6 +996,12 @@ impl Writer {
                 "identity records for other instances are not yet acknowledged; they are sent at the next start"
             );
         }
+        if let Some(changelog) = self.changelog.as_ref().filter(|c| c.seeding()) {
+            warn!(
+                seed_keys_sent = changelog.counts.seed_keys_sent,
+                "the changelog seed is not finished (no partition is confirmed in it yet); it goes on where it stopped at the next start"
+            );
+        }
         self.summary.checkpoints = self.status.checkpoint_count();
         Ok(self.summary)
     }
