@@ -8,7 +8,7 @@
 //! The row holds keys only, so a row costs one small insert per checkpoint, whatever the
 //! number of profiles it touched.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound::{Excluded, Unbounded};
 
 use redb::{ReadableTable, WriteTransaction};
@@ -56,6 +56,35 @@ pub enum SeedCursor {
 impl SeedCursor {
     /// A seed from the first key of the store.
     pub const START: SeedCursor = SeedCursor::Profiles(None);
+}
+
+/// A changelog seed under way (`meta/changelog_seed`): where it goes on, and the partitions
+/// whose keys before the cursor are all in the changelog. A partition owned since is not among
+/// them (its keys were passed over while another instance had it), and the seed starts again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangelogSeed {
+    pub cursor: SeedCursor,
+    pub covers: BTreeSet<u32>,
+}
+
+impl ChangelogSeed {
+    /// A seed from the first key of the store, for the partitions owned when it sends it.
+    pub fn start() -> Self {
+        Self {
+            cursor: SeedCursor::START,
+            covers: BTreeSet::new(),
+        }
+    }
+
+    /// Where a round owning `owned` takes its slice from: on from the cursor when every owned
+    /// partition is covered, else from the first key again, for the owned partitions.
+    pub fn for_round(mut self, owned: &BTreeSet<u32>) -> Self {
+        if self.cursor == SeedCursor::START || !owned.is_subset(&self.covers) {
+            self.cursor = SeedCursor::START;
+            self.covers = owned.clone();
+        }
+        self
+    }
 }
 
 /// A partition's state as a changelog holds it, to put in place of the store's own.
@@ -257,7 +286,7 @@ impl StoreReader {
 
     /// The changelog seed in progress: where the next slice of a store the changelog did not
     /// follow starts, or `None` when no seed is owed.
-    pub fn changelog_seed(&self) -> Result<Option<SeedCursor>> {
+    pub fn changelog_seed(&self) -> Result<Option<ChangelogSeed>> {
         match self.meta(META_CHANGELOG_SEED)? {
             Some(v) => codec::decode("meta", META_CHANGELOG_SEED, &v),
             None => Ok(None),
@@ -604,6 +633,39 @@ mod tests {
                 ))
                 .unwrap(),
             None
+        );
+    }
+
+    /// A round goes on from the cursor only when the seed covers every partition it owns; a
+    /// partition owned since (or a seed not begun) sends it from the first key for them all.
+    #[test]
+    fn a_seed_starts_again_for_partitions_it_does_not_cover() {
+        let halfway = SeedCursor::Profiles(Some("c5".into()));
+        let seed = ChangelogSeed {
+            cursor: halfway.clone(),
+            covers: [0, 1, 2].into(),
+        };
+        let owned = |p: &[u32]| p.iter().copied().collect::<BTreeSet<u32>>();
+        assert_eq!(
+            seed.clone().for_round(&owned(&[0, 2])),
+            seed,
+            "covered: goes on"
+        );
+        assert_eq!(
+            seed.clone().for_round(&owned(&[0, 3])),
+            ChangelogSeed {
+                cursor: SeedCursor::START,
+                covers: owned(&[0, 3])
+            },
+            "partition 3 was passed over"
+        );
+        assert_eq!(
+            ChangelogSeed::start().for_round(&owned(&[1, 2])),
+            ChangelogSeed {
+                cursor: SeedCursor::START,
+                covers: owned(&[1, 2])
+            },
+            "a seed not begun covers what its first round owns"
         );
     }
 

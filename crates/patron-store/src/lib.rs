@@ -32,7 +32,9 @@ use std::sync::{Arc, RwLock};
 
 use redb::ReadableDatabase;
 
-pub use changelog::{ChangeKind, ChangedKey, PartitionImage, RestoreStats, SeedCursor};
+pub use changelog::{
+    ChangeKind, ChangedKey, ChangelogSeed, PartitionImage, RestoreStats, SeedCursor,
+};
 pub use checkpoint::{
     Checkpoint, DailyTotals, DeadLetterRecord, ErasureCounters, ProfileWrite, RouteKind,
     RoutedRecord, ScopedId, SourcePosition, StoreCounters,

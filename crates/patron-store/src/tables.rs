@@ -78,7 +78,7 @@ pub const META_CHANGELOG_SEQ: &str = "changelog_seq";
 /// progress (a writer tracking changes since the store was empty, or since it began a seed); 0 once a
 /// writer committed without tracking them (a replay, `serve` with the changelog off).
 pub const META_CHANGELOG_COMPLETE: &str = "changelog_complete";
-/// The changelog seed in progress ([`crate::changelog::SeedCursor`], encoded as an `Option`;
+/// The changelog seed in progress ([`crate::changelog::ChangelogSeed`], encoded as an `Option`;
 /// `None` or absent: no seed owed).
 pub const META_CHANGELOG_SEED: &str = "changelog_seed";
 /// [`crate::ErasureCounters`]: customers erased and events dropped by tombstones.

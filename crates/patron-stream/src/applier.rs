@@ -15,9 +15,9 @@ use patron_core::time::Millis;
 use patron_core::time::day_index;
 use patron_store::tables::{META_CHANGELOG_COMPLETE, META_CHANGELOG_SEED, META_CHANGELOG_SEQ};
 use patron_store::{
-    ChangeKind, ChangedKey, Checkpoint, ContactRecord, DailyTotals, DeadLetterRecord,
-    ErasureCounters, OfferCounts, PartitionImage, ProfileWrite, RestoreStats, RoutedRecord,
-    ScopedId, SeedCursor, SourcePosition, Store, StoreCounters, StoreReader, codec,
+    ChangeKind, ChangedKey, ChangelogSeed, Checkpoint, ContactRecord, DailyTotals,
+    DeadLetterRecord, ErasureCounters, OfferCounts, PartitionImage, ProfileWrite, RestoreStats,
+    RoutedRecord, ScopedId, SourcePosition, Store, StoreCounters, StoreReader, codec,
 };
 use rayon::prelude::*;
 
@@ -157,7 +157,7 @@ impl Applier {
             .and_then(|b| b.try_into().ok().map(u64::from_le_bytes))
             .unwrap_or(0);
         if !self.changelog_complete {
-            self.stage_changelog_seed(Some(SeedCursor::START));
+            self.stage_changelog_seed(Some(ChangelogSeed::start()));
         }
         self.stage_meta(META_CHANGELOG_COMPLETE, vec![1]);
         self.changelog_complete = true;
@@ -169,8 +169,8 @@ impl Applier {
     }
 
     /// Records with the next checkpoint where the changelog seed goes on (`None`: it is done).
-    pub fn stage_changelog_seed(&mut self, cursor: Option<SeedCursor>) {
-        self.stage_meta(META_CHANGELOG_SEED, codec::encode(&cursor));
+    pub fn stage_changelog_seed(&mut self, seed: Option<ChangelogSeed>) {
+        self.stage_meta(META_CHANGELOG_SEED, codec::encode(&seed));
     }
 
     /// Removes changelog outbox rows with the next checkpoint.
@@ -760,8 +760,11 @@ pub(crate) mod tests {
         let mut serve = open();
         serve.track_changes().expect("tracking");
         serve.checkpoint().expect("a checkpoint");
-        assert_eq!(seed(), Some(SeedCursor::START));
-        let halfway = SeedCursor::Profiles(Some("c1".into()));
+        assert_eq!(seed(), Some(ChangelogSeed::start()));
+        let halfway = ChangelogSeed {
+            cursor: patron_store::SeedCursor::Profiles(Some("c1".into())),
+            covers: [0, 1].into(),
+        };
         serve.stage_changelog_seed(Some(halfway.clone()));
         serve.checkpoint().expect("a checkpoint");
         drop(serve);

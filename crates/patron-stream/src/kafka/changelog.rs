@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use patron_store::changelog::{ContactsValue, by_partition};
 use patron_store::{
-    ChangeKind, ChangedKey, PartitionImage, SeedCursor, SourcePosition, StoreReader, codec,
+    ChangeKind, ChangedKey, ChangelogSeed, PartitionImage, SourcePosition, StoreReader, codec,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -103,7 +103,7 @@ struct Round {
     seqs: Vec<u64>,
     /// A slice of the seed went with them: where the seed goes on once they are acknowledged
     /// (`Some(None)`: it is done).
-    seed_next: Option<Option<SeedCursor>>,
+    seed_next: Option<Option<ChangelogSeed>>,
     /// The seed's keys among them.
     seed_keys: u64,
     sent: u64,
@@ -154,8 +154,11 @@ pub struct Changelog {
     /// round): no partition gets a marker until its last slice, as a marker confirms the whole
     /// of a partition's state.
     seeding: bool,
-    /// Where the seed goes on, staged with the next checkpoint and not yet in a snapshot.
-    seed_staged: Option<Option<SeedCursor>>,
+    /// A seed is owed and this instance owns partitions to send it for (checkpoints are owed).
+    seed_sendable: bool,
+    /// The seed as this writer last left it (`None` until read from the store): only this
+    /// writer changes it once it runs, so it is ahead of any snapshot.
+    seed: Option<Option<ChangelogSeed>>,
     /// Keys of the seed per round.
     seed_batch: usize,
     /// The topic just became ready: the next checkpoint looks for rows left from the last run,
@@ -196,7 +199,8 @@ impl Changelog {
             removing: HashSet::new(),
             unsent: 0,
             seeding: false,
-            seed_staged: None,
+            seed_sendable: false,
+            seed: None,
             seed_batch: seed_batch.max(1),
             look: false,
             counts: ChangelogCounts::default(),
@@ -215,7 +219,7 @@ impl Changelog {
     /// record).
     pub fn owed(&self) -> bool {
         self.unsent > 0
-            || self.seeding
+            || self.seed_sendable
             || self.round.is_some()
             || !self.removing.is_empty()
             || self.look
@@ -226,7 +230,7 @@ impl Changelog {
         self.unsent
     }
 
-    /// Whether a seed is still being sent.
+    /// Whether the store owes the changelog a seed, as of the last checkpoint.
     pub fn seeding(&self) -> bool {
         self.seeding
     }
@@ -291,17 +295,23 @@ impl Changelog {
             .into_iter()
             .filter(|seq| !self.removing.contains(seq))
             .collect();
+        let owed_seed = match &self.seed {
+            Some(seed) => seed.clone(),
+            None => snapshot.changelog_seed()?,
+        };
+        self.seed = Some(owed_seed.clone());
+        self.seeding = owed_seed.is_some();
         // Owning no partition, a seed has nothing to send and must not move on.
-        let seed = self.seed_as_of(snapshot)?.filter(|_| !owned.is_empty());
+        let seed = owed_seed.filter(|_| !owned.is_empty());
         self.unsent = seqs.len() as u64;
-        self.seeding = seed.is_some();
+        self.seed_sendable = seed.is_some();
         if (seqs.is_empty() && seed.is_none()) || self.round.is_some() {
             return Ok(());
         }
         if self.topic_state == TopicState::Off {
             // Rows are dropped as sent; a seed waits for a topic that can hold it.
             self.unsent = 0;
-            self.seeding = false;
+            self.seed_sendable = false;
             self.removing.extend(seqs.iter().copied());
             applier.stage_changes_delivered(seqs);
             return Ok(());
@@ -315,12 +325,19 @@ impl Changelog {
             snapshot.pending_changes()?
         };
         let mut seed_keys = Vec::new();
-        let seed_next = match &seed {
-            Some(from) => Some(snapshot.state_keys_after(from, self.seed_batch, |key| {
-                if owned.contains(&key.partition) {
-                    seed_keys.push(key);
-                }
-            })?),
+        let seed_next = match seed.map(|s| s.for_round(owned)) {
+            Some(from) => {
+                let next = snapshot.state_keys_after(&from.cursor, self.seed_batch, |key| {
+                    if owned.contains(&key.partition) {
+                        seed_keys.push(key);
+                    }
+                })?;
+                // A covered partition not owned now had its keys in this slice passed over.
+                Some(next.map(|cursor| ChangelogSeed {
+                    cursor,
+                    covers: owned.clone(),
+                }))
+            }
             None => None,
         };
         let grouped = by_partition(
@@ -373,34 +390,6 @@ impl Changelog {
         Ok(())
     }
 
-    /// Partitions were assigned to this instance. A seed under way passed over their keys until
-    /// now (they were not owned), and its last round will mark them: it starts again from the
-    /// first key, so the marks confirm all of their state. Keys already sent go again.
-    pub fn partitions_gained(&mut self, applier: &mut Applier) -> Result<()> {
-        if self.seed_as_of(applier.snapshot())?.is_none() {
-            return Ok(());
-        }
-        if let Some(next) = self.round.as_mut().and_then(|r| r.seed_next.as_mut()) {
-            *next = Some(SeedCursor::START);
-        }
-        applier.stage_changelog_seed(Some(SeedCursor::START));
-        self.seed_staged = Some(Some(SeedCursor::START));
-        Ok(())
-    }
-
-    /// Where the seed goes on: the cursor staged by the last complete round until a snapshot
-    /// holds it, the snapshot's otherwise.
-    fn seed_as_of(&mut self, snapshot: &StoreReader) -> Result<Option<SeedCursor>> {
-        let committed = snapshot.changelog_seed()?;
-        match &self.seed_staged {
-            Some(staged) if *staged != committed => Ok(staged.clone()),
-            _ => {
-                self.seed_staged = None;
-                Ok(committed)
-            }
-        }
-    }
-
     /// Waits (up to a bound) for the round in flight, as before partitions are released or at
     /// shutdown, so the changelog holds everything committed.
     /// False when the round is still unacknowledged after the wait.
@@ -439,8 +428,9 @@ impl Changelog {
             if let Some(next) = round.seed_next {
                 self.counts.seed_keys_sent += round.seed_keys;
                 self.seeding = next.is_some();
+                self.seed_sendable &= next.is_some();
                 applier.stage_changelog_seed(next.clone());
-                self.seed_staged = Some(next);
+                self.seed = Some(next);
             }
         } else {
             let message = format!(
@@ -734,43 +724,6 @@ mod tests {
         );
         applier.checkpoint().expect("a checkpoint");
         assert_eq!(pending().len(), 1, "the row waits for the topic");
-    }
-
-    /// A seed under way starts again from the first key when partitions are assigned (it
-    /// passed over their keys while they were not owned); with no seed, nothing changes.
-    #[test]
-    fn partitions_gained_mid_seed_start_it_again() {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let store = crate::applier::tests::replayed_store(dir.path(), &["c1", "c2"]);
-        let seed = || {
-            store
-                .reader()
-                .expect("a reader")
-                .changelog_seed()
-                .expect("meta")
-        };
-        let mut applier =
-            Applier::open(store.clone(), ApplyContext::default()).expect("an applier");
-        applier.track_changes().expect("tracking");
-        let halfway = SeedCursor::Profiles(Some("c1".into()));
-        applier.stage_changelog_seed(Some(halfway.clone()));
-        applier.checkpoint().expect("a checkpoint");
-        assert_eq!(seed(), Some(halfway));
-        // No broker listens there: nothing is sent, and creating the producer needs none.
-        let gained = |applier: &mut Applier| {
-            Changelog::open("127.0.0.1:9", "events", "kafka:events", "store", 10)
-                .expect("opened")
-                .partitions_gained(applier)
-                .expect("partitions gained");
-            applier.checkpoint().expect("a checkpoint");
-        };
-        gained(&mut applier);
-        assert_eq!(seed(), Some(SeedCursor::START));
-
-        applier.stage_changelog_seed(None);
-        applier.checkpoint().expect("a checkpoint");
-        gained(&mut applier);
-        assert_eq!(seed(), None, "no seed to start again");
     }
 
     fn marker(next_offset: u64) -> Vec<u8> {

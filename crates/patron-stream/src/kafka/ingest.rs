@@ -949,10 +949,6 @@ impl Writer {
                             "cannot restore from the changelog ({e}); reading the source from the store's positions"
                         );
                     }
-                    let gained = partitions.iter().any(|p| !self.owned.contains(p));
-                    if let (true, Some(changelog)) = (gained, &mut self.changelog) {
-                        changelog.partitions_gained(&mut self.applier)?;
-                    }
                     self.owned.extend(partitions.iter().copied());
                     self.set_routing(partition_count)?;
                     let mut out = Vec::with_capacity(partitions.len());
