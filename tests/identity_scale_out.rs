@@ -1010,6 +1010,79 @@ fn a_server_killed_mid_seed_leaves_no_partial_state_to_restore() {
     );
 }
 
+/// Polls a seeding server until its seed is done; returns the seed keys it sent.
+fn wait_seeded(serve: &mut Serve) -> u64 {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let status = serve.status().unwrap_or_default();
+        let sent = counter(&status, &["changelog", "seed_keys_sent"]);
+        if sent > 0 && status["changelog"]["seeding"] == false {
+            return sent;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the seed never ended: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A server stopped in the middle of a seed goes on from where it stopped when it starts
+/// again: the two runs together send what one whole seed of the same store sends, not a
+/// second whole seed. The first run's count is read before the stop, so it can miss a few
+/// rounds: one that completed between the last status and the signal, and the one the stop
+/// waits for.
+#[test]
+fn a_restarted_server_resumes_its_seed() {
+    const BATCH: u64 = 10;
+    let dir = test_dir();
+    let broker = Broker::memory();
+    let (first, second) = two_instances(dir.path(), &broker);
+    let (events, _, _) = small_history();
+    produce(&broker.bootstrap(), &first.topic, &events);
+    replay_share(&broker.bootstrap(), &first.topic, &first.store, "");
+    std::fs::copy(&first.store, &second.store).expect("copy the store");
+    for setup in [&first, &second] {
+        setup.set_source("changelog_seed_batch", &BATCH.to_string());
+    }
+
+    let mut a = first.start();
+    wait_owning(&mut [&mut a], 4);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let before_stop = loop {
+        let status = a.status().unwrap_or_default();
+        let sent = counter(&status, &["changelog", "seed_keys_sent"]);
+        if sent >= 5 * BATCH {
+            break sent;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the seed never began: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    a.terminate();
+    let mut a = first.start();
+    wait_owning(&mut [&mut a], 4);
+    let after_restart = wait_seeded(&mut a);
+    a.terminate();
+
+    // The same store, seeded whole by another instance in the same group.
+    let mut whole = second.start();
+    wait_owning(&mut [&mut whole], 4);
+    let total = wait_seeded(&mut whole);
+    whole.terminate();
+    assert!(
+        after_restart < total,
+        "the restart sent {after_restart} of {total} keys: it started over"
+    );
+    let together = before_stop + after_restart;
+    assert!(
+        together <= total && total <= together + 3 * BATCH,
+        "{before_stop} before the stop and {after_restart} after, for a seed of {total}"
+    );
+}
+
 /// A store replayed from files and then served, with no record arriving: the server sends its
 /// whole state to the changelog as soon as it owns partitions, so an instance that takes over
 /// after it dies (SIGKILL) has every customer, though the topic holds none of their events.
