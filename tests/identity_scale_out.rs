@@ -973,22 +973,11 @@ fn a_server_killed_mid_seed_leaves_no_partial_state_to_restore() {
 
     let mut a = first.start();
     wait_owning(&mut [&mut a], 4);
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        let status = a.status().unwrap_or_default();
-        if counter(&status, &["changelog", "seed_keys_sent"]) >= 5 {
-            assert_eq!(
-                status["changelog"]["seeding"], true,
-                "the seed is still under way: {status:#}"
-            );
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the seed never began: {status:#}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let status = wait_status(&mut a, "the seed's first keys", |s| seed_keys_sent(s) >= 5);
+    assert_eq!(
+        status["changelog"]["seeding"], true,
+        "the seed is still under way: {status:#}"
+    );
     a.kill();
 
     let mut b = second.start();
@@ -1010,21 +999,33 @@ fn a_server_killed_mid_seed_leaves_no_partial_state_to_restore() {
     );
 }
 
-/// Polls a seeding server until its seed is done; returns the seed keys it sent.
-fn wait_seeded(serve: &mut Serve) -> u64 {
+/// Polls a server's status until `ready` holds for it, and returns that status; fails with
+/// `what never happened` after [`DEADLINE`].
+fn wait_status(serve: &mut Serve, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
     let deadline = std::time::Instant::now() + DEADLINE;
     loop {
         let status = serve.status().unwrap_or_default();
-        let sent = counter(&status, &["changelog", "seed_keys_sent"]);
-        if sent > 0 && status["changelog"]["seeding"] == false {
-            return sent;
+        if ready(&status) {
+            return status;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the seed never ended: {status:#}"
+            "{what} never happened: {status:#}"
         );
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn seed_keys_sent(status: &Value) -> u64 {
+    counter(status, &["changelog", "seed_keys_sent"])
+}
+
+/// Polls a seeding server until its seed is done; returns the seed keys it sent.
+fn wait_seeded(serve: &mut Serve) -> u64 {
+    let done = wait_status(serve, "the end of the seed", |s| {
+        seed_keys_sent(s) > 0 && s["changelog"]["seeding"] == false
+    });
+    seed_keys_sent(&done)
 }
 
 /// A server stopped in the middle of a seed goes on from where it stopped when it starts
@@ -1048,19 +1049,9 @@ fn a_restarted_server_resumes_its_seed() {
 
     let mut a = first.start();
     wait_owning(&mut [&mut a], 4);
-    let deadline = std::time::Instant::now() + DEADLINE;
-    let before_stop = loop {
-        let status = a.status().unwrap_or_default();
-        let sent = counter(&status, &["changelog", "seed_keys_sent"]);
-        if sent >= 5 * BATCH {
-            break sent;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the seed never began: {status:#}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let before_stop = seed_keys_sent(&wait_status(&mut a, "the seed's first rounds", |s| {
+        seed_keys_sent(s) >= 5 * BATCH
+    }));
     a.terminate();
     let mut a = first.start();
     wait_owning(&mut [&mut a], 4);
@@ -1105,21 +1096,15 @@ fn an_idle_server_sends_a_replayed_store_to_the_changelog_at_once() {
 
     let mut a = first.start();
     wait_owning(&mut [&mut a], 4);
-    let deadline = std::time::Instant::now() + DEADLINE;
-    loop {
-        let status = a.status().unwrap_or_default();
-        if counter(&status, &["changelog", "seed_keys_sent"]) >= expected.len() as u64
-            && status["changelog"]["seeding"] == false
-            && status["changelog"]["pending_checkpoints"] == 0
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the idle server never sent its store to the changelog: {status:#}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_status(
+        &mut a,
+        "the idle server's whole store in the changelog",
+        |s| {
+            seed_keys_sent(s) >= expected.len() as u64
+                && s["changelog"]["seeding"] == false
+                && s["changelog"]["pending_checkpoints"] == 0
+        },
+    );
     a.kill();
 
     let mut b = second.start();
