@@ -150,14 +150,12 @@ pub struct Changelog {
     removing: HashSet<u64>,
     /// Rows not yet in the topic, as of the last round.
     unsent: u64,
-    /// A seed is owed (every key of a store the changelog did not follow, sent a slice per
-    /// round): no partition gets a marker until its last slice, as a marker confirms the whole
-    /// of a partition's state.
-    seeding: bool,
     /// A seed is owed and this instance owns partitions to send it for (checkpoints are owed).
     seed_sendable: bool,
     /// The seed as this writer last left it (`None` until read from the store): only this
-    /// writer changes it once it runs, so it is ahead of any snapshot.
+    /// writer changes it once it runs, so it is ahead of any snapshot. While one is owed (every
+    /// key of a store the changelog did not follow, sent a slice per round), no partition gets
+    /// a marker until its last slice, as a marker confirms the whole of a partition's state.
     seed: Option<Option<ChangelogSeed>>,
     /// Keys of the seed per round.
     seed_batch: usize,
@@ -198,7 +196,6 @@ impl Changelog {
             round: None,
             removing: HashSet::new(),
             unsent: 0,
-            seeding: false,
             seed_sendable: false,
             seed: None,
             seed_batch: seed_batch.max(1),
@@ -232,7 +229,7 @@ impl Changelog {
 
     /// Whether the store owes the changelog a seed, as of the last checkpoint.
     pub fn seeding(&self) -> bool {
-        self.seeding
+        matches!(self.seed, Some(Some(_)))
     }
 
     /// Makes sure the topic exists with `partitions` partitions (the source's count). A topic
@@ -300,7 +297,6 @@ impl Changelog {
             None => snapshot.changelog_seed()?,
         };
         self.seed = Some(owed_seed.clone());
-        self.seeding = owed_seed.is_some();
         // Owning no partition, a seed has nothing to send and must not move on.
         let seed = owed_seed.filter(|_| !owned.is_empty());
         self.unsent = seqs.len() as u64;
@@ -427,7 +423,6 @@ impl Changelog {
             applier.stage_changes_delivered(round.seqs);
             if let Some(next) = round.seed_next {
                 self.counts.seed_keys_sent += round.seed_keys;
-                self.seeding = next.is_some();
                 self.seed_sendable &= next.is_some();
                 applier.stage_changelog_seed(next.clone());
                 self.seed = Some(next);
