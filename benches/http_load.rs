@@ -34,17 +34,20 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt::ReceiveTimestampns,
+};
 use rustix::fd::OwnedFd;
 use rustix::time::{
     Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, timerfd_create,
     timerfd_settime,
 };
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 #[derive(Debug, Parser)]
@@ -269,6 +272,9 @@ struct Conn {
     buf: Vec<u8>,
     /// Bytes of `buf` read from the socket and not yet consumed.
     len: usize,
+    /// When the kernel received the last bytes read (`SO_TIMESTAMPNS`, the wall clock): the
+    /// response's arrival at this host, before this client was scheduled to read it.
+    received_at: Option<SystemTime>,
 }
 
 impl Conn {
@@ -278,6 +284,7 @@ impl Conn {
             stream: None,
             buf: vec![0; 64 * 1024],
             len: 0,
+            received_at: None,
         }
     }
 
@@ -296,6 +303,7 @@ impl Conn {
         if self.stream.is_none() {
             let s = TcpStream::connect(self.addr).await?;
             s.set_nodelay(true)?;
+            setsockopt(&s, ReceiveTimestampns, &true).map_err(io::Error::from)?;
             self.stream = Some(s);
             self.len = 0;
         }
@@ -357,8 +365,12 @@ impl Conn {
         if self.len == self.buf.len() {
             self.buf.resize(self.buf.len() * 2, 0);
         }
-        let stream = self.stream.as_mut().expect("connected");
-        let n = stream.read(&mut self.buf[self.len..]).await?;
+        let stream = self.stream.as_ref().expect("connected");
+        let free = &mut self.buf[self.len..];
+        let (n, received_at) = stream
+            .async_io(Interest::READABLE, || recv_stamped(stream, free))
+            .await?;
+        self.received_at = received_at.or(self.received_at);
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -368,6 +380,31 @@ impl Conn {
         self.len += n;
         Ok(())
     }
+}
+
+/// One `recvmsg` on a non-blocking socket: the bytes read, and the kernel's receive time of the
+/// last of them when the socket reports it.
+fn recv_stamped(stream: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Option<SystemTime>)> {
+    use std::os::fd::AsRawFd;
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )?;
+    let received_at = msg.cmsgs()?.find_map(|c| match c {
+        ControlMessageOwned::ScmTimestampns(t) => {
+            let since_epoch = Duration::new(
+                u64::try_from(t.tv_sec()).ok()?,
+                u32::try_from(t.tv_nsec()).ok()?,
+            );
+            Some(SystemTime::UNIX_EPOCH + since_epoch)
+        }
+        _ => None,
+    });
+    Ok((msg.bytes, received_at))
 }
 
 struct Head {
@@ -428,6 +465,11 @@ struct ConnResult {
     /// Open loop only: how late the client itself sent requests whose connection was idle
     /// (the tokio timer ticks every millisecond).
     send_lag: Histogram<u64>,
+    /// From the same origin as `latency` to the kernel's receive time of the response's last
+    /// bytes: the latency without this client's own wait to be scheduled and read them.
+    delivered: Histogram<u64>,
+    /// Responses the kernel gave no receive time for (none expected on Linux).
+    unstamped: u64,
     ok: u64,
     errors: u64,
     last_error: Option<String>,
@@ -477,6 +519,8 @@ async fn run_connection(
     let mut r = ConnResult {
         latency: histogram(),
         send_lag: histogram(),
+        delivered: histogram(),
+        unstamped: 0,
         ok: 0,
         errors: 0,
         last_error: None,
@@ -532,12 +576,22 @@ async fn run_connection(
                 origin
             }
         };
+        // The origin on the wall clock, which the kernel's receive times are on.
+        let origin_wall = SystemTime::now() - origin.elapsed();
         request.clear();
         shared.writer.write(&target, &mut rng, &mut request);
+        conn.received_at = None;
         match conn.send(&request).await {
             Ok(status) if (200..300).contains(&status) => {
                 r.ok += 1;
                 record(&mut r.latency, origin.elapsed());
+                match conn
+                    .received_at
+                    .and_then(|at| at.duration_since(origin_wall).ok())
+                {
+                    Some(d) => record(&mut r.delivered, d),
+                    None => r.unstamped += 1,
+                }
             }
             Ok(status) => {
                 r.errors += 1;
@@ -565,6 +619,11 @@ struct PhaseResult {
     rate: f64,
     latency: Histogram<u64>,
     send_lag: Histogram<u64>,
+    /// From the same origin as `latency` to the kernel's receive time of the response's last
+    /// bytes: the latency without this client's own wait to be scheduled and read them.
+    delivered: Histogram<u64>,
+    /// Responses the kernel gave no receive time for (none expected on Linux).
+    unstamped: u64,
     ok: u64,
     errors: u64,
     last_error: Option<String>,
@@ -645,6 +704,8 @@ fn phase(
         rate: 0.0,
         latency: histogram(),
         send_lag: histogram(),
+        delivered: histogram(),
+        unstamped: 0,
         ok: 0,
         errors: 0,
         last_error: None,
@@ -655,6 +716,8 @@ fn phase(
     {
         out.latency.add(&r.latency).expect("same bounds");
         out.send_lag.add(&r.send_lag).expect("same bounds");
+        out.delivered.add(&r.delivered).expect("same bounds");
+        out.unstamped += r.unstamped;
         out.ok += r.ok;
         out.errors += r.errors;
         out.last_error = out.last_error.or(r.last_error);
@@ -683,6 +746,10 @@ fn phase_json(p: &PhaseResult) -> serde_json::Value {
         "p99_ms": ms(&p.latency, 0.99),
         "p999_ms": ms(&p.latency, 0.999),
         "max_ms": p.latency.max() as f64 / 1e6,
+        "delivered_p50_ms": ms(&p.delivered, 0.5),
+        "delivered_p99_ms": ms(&p.delivered, 0.99),
+        "delivered_p999_ms": ms(&p.delivered, 0.999),
+        "unstamped": p.unstamped,
     })
 }
 
@@ -815,6 +882,17 @@ fn main() {
             "    open loop client send lag (timer, not charged): p50 {:.3} ms, p99 {:.3} ms",
             ms(&r.open.send_lag, 0.5),
             ms(&r.open.send_lag, 0.99)
+        );
+        println!(
+            "    open loop to the kernel's receive time (without the client's read wait): \
+             p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms{}",
+            ms(&r.open.delivered, 0.5),
+            ms(&r.open.delivered, 0.99),
+            ms(&r.open.delivered, 0.999),
+            match r.open.unstamped {
+                0 => String::new(),
+                n => format!(" ({n} responses without a receive time)"),
+            }
         );
     }
     let (health, route) = (&results[0], &results[1]);
