@@ -220,9 +220,9 @@ impl Drop for IntakeProducer {
             poller.thread().unpark();
             let _ = poller.join();
         }
-        // Whatever is still queued gets its report (an error when it cannot be sent in time).
+        // Whatever is still queued is sent or, after this wait, purged by rdkafka's own drop;
+        // either way its waiter gets a report.
         let _ = self.producer.flush(Duration::from_secs(5));
-        self.producer.poll(Duration::ZERO);
     }
 }
 
