@@ -178,7 +178,7 @@ RSS_MB=$(( $(ps -o rss= -p $SERVE_PID) / 1024 ))
 
 "${CLIENT_PIN[@]}" "$LOAD" --url "$URL" --key "$KEY" --ids "$IDS" --path-template "$TEMPLATE" --label "$ENDPOINT" \
     --connections "$CONNECTIONS" --hot-share "$HOT_SHARE" --open-load "$OPEN_LOAD" \
-    --open-timer "$OPEN_TIMER" \
+    --open-timer "$OPEN_TIMER" --server-pid "$SERVE_PID" \
     --threads "$THREADS" --seconds "$SECONDS_PER_PHASE" --open-seconds "$SECONDS_PER_PHASE" \
     --json "$CACHE/api_latency.jsonl" | tee -a "$WORK/result.txt"
 

@@ -100,6 +100,11 @@ struct Args {
     hot_share: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Process id of the server, when it runs on this machine: its CPU use per phase is shown
+    /// beside the client's and the machine's (from /proc), so a run says how busy the shared
+    /// cores were.
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// Append the JSON result line to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -627,6 +632,92 @@ struct PhaseResult {
     ok: u64,
     errors: u64,
     last_error: Option<String>,
+    /// CPU use over the phase; `None` where /proc cannot be read.
+    cpu: Option<CpuUse>,
+}
+
+/// Cumulative CPU time of the machine, this client and the server, in the kernel's clock ticks
+/// (`/proc/stat` and `/proc/<pid>/stat` count in the same unit, so no tick rate is assumed).
+#[derive(Clone, Copy)]
+struct CpuTicks {
+    /// Ticks all CPUs spent busy: user, nice, system, irq, softirq and steal.
+    busy: u64,
+    /// Ticks all CPUs spent, busy or idle (waiting for I/O counts as idle).
+    all: u64,
+    cpus: usize,
+    client: u64,
+    server: Option<u64>,
+}
+
+impl CpuTicks {
+    fn read(server_pid: Option<u32>) -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let mut lines = stat.lines();
+        let total: Vec<u64> = lines
+            .next()?
+            .strip_prefix("cpu ")?
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let field = |i: usize| total.get(i).copied().unwrap_or(0);
+        let busy = field(0) + field(1) + field(2) + field(5) + field(6) + field(7);
+        let cpus = lines.filter(|l| l.starts_with("cpu")).count();
+        Some(Self {
+            busy,
+            all: busy + field(3) + field(4),
+            cpus,
+            client: process_ticks("self")?,
+            server: server_pid.and_then(|pid| process_ticks(&pid.to_string())),
+        })
+    }
+}
+
+/// User and system ticks of a process, all its threads (`/proc/<pid>/stat` fields 14 and 15).
+fn process_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it start with the state (field 3).
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// How busy the cores were over a phase.
+#[derive(Clone, Copy)]
+struct CpuUse {
+    cpus: usize,
+    /// Cores' worth of CPU time: 1.0 is one core busy for the whole phase.
+    client_cores: f64,
+    server_cores: Option<f64>,
+    /// Share of all the machine's CPU time that was busy, whoever used it.
+    machine_busy: f64,
+}
+
+impl CpuUse {
+    fn between(before: &CpuTicks, after: &CpuTicks) -> Option<Self> {
+        let all = after.all.checked_sub(before.all).filter(|&t| t > 0)? as f64;
+        // Elapsed ticks of one CPU.
+        let per_cpu = all / before.cpus.max(1) as f64;
+        let cores = |b: u64, a: u64| a.saturating_sub(b) as f64 / per_cpu;
+        Some(Self {
+            cpus: before.cpus,
+            client_cores: cores(before.client, after.client),
+            server_cores: before.server.zip(after.server).map(|(b, a)| cores(b, a)),
+            machine_busy: after.busy.saturating_sub(before.busy) as f64 / all,
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "client {:.2} cores, {}machine {:.0} % busy",
+            self.client_cores,
+            self.server_cores
+                .map(|s| format!("server {s:.2} cores, "))
+                .unwrap_or_default(),
+            self.machine_busy * 100.0
+        )
+    }
 }
 
 /// A client thread: a current-thread tokio runtime (its own epoll loop, like a wrk thread) that
@@ -687,7 +778,9 @@ fn phase(
     pace: Pace,
     seconds: f64,
     seed: u64,
+    server_pid: Option<u32>,
 ) -> PhaseResult {
+    let ticks = CpuTicks::read(server_pid);
     let start = Instant::now() + Duration::from_millis(5);
     let spec = PhaseSpec {
         target: target.clone(),
@@ -709,6 +802,7 @@ fn phase(
         ok: 0,
         errors: 0,
         last_error: None,
+        cpu: None,
     };
     for r in workers
         .iter()
@@ -723,6 +817,9 @@ fn phase(
         out.last_error = out.last_error.or(r.last_error);
     }
     out.rate = out.ok as f64 / start.elapsed().as_secs_f64();
+    out.cpu = ticks
+        .zip(CpuTicks::read(server_pid))
+        .and_then(|(before, after)| CpuUse::between(&before, &after));
     out
 }
 
@@ -750,6 +847,9 @@ fn phase_json(p: &PhaseResult) -> serde_json::Value {
         "delivered_p99_ms": ms(&p.delivered, 0.99),
         "delivered_p999_ms": ms(&p.delivered, 0.999),
         "unstamped": p.unstamped,
+        "client_cores": p.cpu.map(|c| c.client_cores),
+        "server_cores": p.cpu.and_then(|c| c.server_cores),
+        "machine_busy_share": p.cpu.map(|c| c.machine_busy),
     })
 }
 
@@ -814,8 +914,17 @@ fn main() {
     ];
     let mut results = Vec::new();
     for (name, target) in endpoints {
-        let run =
-            |pace, seconds, seed| phase(&workers, args.connections, &target, pace, seconds, seed);
+        let run = |pace, seconds, seed| {
+            phase(
+                &workers,
+                args.connections,
+                &target,
+                pace,
+                seconds,
+                seed,
+                args.server_pid,
+            )
+        };
         eprintln!("{name}: warm-up {:.0} s", args.warmup);
         run(Pace::Closed, args.warmup, args.seed + 1);
         eprintln!("{name}: closed loop {:.0} s", args.seconds);
@@ -894,6 +1003,14 @@ fn main() {
                 n => format!(" ({n} responses without a receive time)"),
             }
         );
+        if let (Some(closed), Some(open)) = (r.closed.cpu, r.open.cpu) {
+            println!(
+                "    CPU of the machine's {} cores: closed loop {}; open loop {}",
+                open.cpus,
+                closed.describe(),
+                open.describe()
+            );
+        }
     }
     let (health, route) = (&results[0], &results[1]);
     let label = &args.label;
