@@ -40,7 +40,8 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use super::dead_letters::{DeliveryLog, serve_reports, warn_limited};
+use super::dead_letters::{DeliveryLog, warn_limited};
+use super::delivery::{QUEUE_FULL_WAIT, await_deliveries, await_room, serve_reports};
 use super::{client_config, ensure_compacted_topic};
 use crate::applier::Applier;
 use crate::{Result, StreamError};
@@ -391,7 +392,7 @@ impl Changelog {
     /// False when the round is still unacknowledged after the wait.
     pub fn finish(&mut self, applier: &mut Applier) -> bool {
         if self.round.is_some() {
-            let _ = self.producer.flush(FLUSH_WAIT);
+            await_deliveries(&self.producer, FLUSH_WAIT);
             self.collect(applier);
         }
         self.round.is_none()
@@ -462,7 +463,7 @@ impl Changelog {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
-                    self.producer.poll(Duration::from_millis(50));
+                    await_room(&self.producer, QUEUE_FULL_WAIT);
                 }
                 Err((e, _)) => {
                     return Err(StreamError::Source(format!(

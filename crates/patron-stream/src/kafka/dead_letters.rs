@@ -17,7 +17,7 @@ use patron_store::{DeadLetterRecord, StoreReader};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
@@ -40,24 +40,6 @@ impl DeliveryLog {
     /// The outcomes reported since the last call: offset, or the error.
     pub(super) fn take(&self) -> Vec<(u64, std::result::Result<i64, String>)> {
         std::mem::take(&mut *self.results.lock().expect("delivery log"))
-    }
-
-    /// How many outcomes wait to be taken.
-    fn reported(&self) -> usize {
-        self.results.lock().expect("delivery log").len()
-    }
-}
-
-/// Serves every delivery report waiting. A `poll` that does not wait serves one event, which
-/// holds the reports of one produce request: called once per checkpoint, it acknowledged a few
-/// thousand records a second however fast the broker was.
-pub(super) fn serve_reports(producer: &BaseProducer<DeliveryLog>) {
-    loop {
-        let before = producer.context().reported();
-        producer.poll(Duration::ZERO);
-        if producer.context().reported() == before {
-            break;
-        }
     }
 }
 

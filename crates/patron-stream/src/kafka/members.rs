@@ -16,8 +16,10 @@ use patron_core::time::{Millis, now_millis};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord};
 use rdkafka::{Offset, TopicPartitionList};
+
+use super::delivery::await_deliveries;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -153,7 +155,7 @@ impl Membership {
         }
         // Leaving: a tombstone withdraws the claim at once.
         let _ = producer.send(BaseRecord::<_, ()>::to(&self.topic).key(self.me.as_str()));
-        let _ = producer.flush(Duration::from_secs(2));
+        await_deliveries(producer, Duration::from_secs(2));
     }
 
     fn refresh_partition_count(&self, consumer: &BaseConsumer) {

@@ -6,6 +6,7 @@
 //!   thread (apply, checkpoint state + offsets + dead letters in one transaction).
 //! - [`dead_letters`]: the outbox forwarder that moves committed dead letters to the topic
 //!   exactly once.
+//! - `delivery`: waiting for a producer's delivery reports without rdkafka's fixed waits.
 //! - `outbox`: the bookkeeping both outbox forwarders share (staged, committed, in flight,
 //!   acknowledged entries, and one produce-and-flush round).
 //! - [`embedded`]: librdkafka's in-process mock cluster, the default broker.
@@ -20,6 +21,7 @@
 
 pub mod changelog;
 pub mod dead_letters;
+mod delivery;
 pub mod embedded;
 pub mod ingest;
 pub mod members;

@@ -14,6 +14,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseProducer, Producer};
 
 use super::dead_letters::{DeliveryLog, warn_limited};
+use super::delivery::await_deliveries;
 
 /// How long one round waits for acknowledgements before the writer moves on.
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
@@ -121,7 +122,7 @@ impl<T> Outbox<T> {
                 }
             }
         }
-        let _ = producer.flush(FLUSH_WAIT);
+        await_deliveries(producer, FLUSH_WAIT);
         let mut delivered = Vec::new();
         for (seq, outcome) in producer.context().take() {
             self.in_flight.remove(&seq);

@@ -12,6 +12,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use tokio::sync::oneshot;
 
 use super::client_config;
+use super::delivery::{QUEUE_FULL_WAIT, await_deliveries, await_room};
 use crate::{Result, StreamError};
 
 /// Counts deliveries the broker refused, so none goes unnoticed.
@@ -71,7 +72,7 @@ impl EventProducer {
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    self.producer.poll(Duration::from_millis(50));
+                    await_room(&self.producer, QUEUE_FULL_WAIT);
                 }
                 Err((e, _)) => {
                     return Err(StreamError::Source(format!(
@@ -85,9 +86,13 @@ impl EventProducer {
 
     /// Waits until every queued event is acknowledged; fails if any was refused.
     pub fn flush(&mut self, timeout: Duration) -> Result<()> {
-        self.producer
-            .flush(timeout)
-            .map_err(|e| StreamError::Source(format!("flush to {}: {e}", self.topic)))?;
+        if !await_deliveries(&self.producer, timeout) {
+            return Err(StreamError::Source(format!(
+                "flush to {}: {} events still unacknowledged after {timeout:?}",
+                self.topic,
+                self.producer.in_flight_count()
+            )));
+        }
         let failures = self.producer.context();
         let failed = failures.count.load(Ordering::Relaxed);
         if failed > 0 {
@@ -222,7 +227,7 @@ impl Drop for IntakeProducer {
         }
         // Whatever is still queued is sent or, after this wait, purged by rdkafka's own drop;
         // either way its waiter gets a report.
-        let _ = self.producer.flush(Duration::from_secs(5));
+        await_deliveries(&self.producer, Duration::from_secs(5));
     }
 }
 
