@@ -4,8 +4,9 @@
 //! the reports came, and it hands librdkafka the rest of `d` rounded down to whole milliseconds,
 //! so the last millisecond of every wait is a loop of zero-timeout polls. Its `flush` polls in
 //! steps of 100 ms: a flush of records the broker acknowledged within a millisecond takes
-//! 100 ms (docs/BENCHMARKS.md, Kafka ingest, eleventh session). The writer flushes after each checkpoint that
-//! sent dead letters or identity records, so those 100 ms were taken from ingestion.
+//! 100 ms (docs/BENCHMARKS.md, Kafka ingest, eleventh session). The writer waits so after each
+//! checkpoint that sent dead letters or identity records, so those 100 ms were taken from
+//! ingestion.
 //!
 //! Here reports are served by zero-timeout polls, which never wait and never spin, with short
 //! sleeps between them that grow while nothing arrives.

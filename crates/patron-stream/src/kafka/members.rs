@@ -18,11 +18,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord};
 use rdkafka::{Offset, TopicPartitionList};
-
-use super::delivery::await_deliveries;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use super::delivery::await_deliveries;
 use super::status::IngestStatus;
 use super::{client_config, ensure_compacted_topic, fresh_id, partition_count};
 use crate::applier::home_partition;
