@@ -12,7 +12,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use tokio::sync::oneshot;
 
 use super::client_config;
-use super::delivery::{QUEUE_FULL_WAIT, await_deliveries, await_room};
+use super::delivery::{QUEUE_FULL_WAIT, await_deliveries, await_room, serve_reports};
 use crate::{Result, StreamError};
 
 /// Counts deliveries the broker refused, so none goes unnoticed.
@@ -234,10 +234,11 @@ impl Drop for IntakeProducer {
 /// The intake's poll thread: serves delivery reports as they come, never spinning.
 fn serve_acks(producer: &BaseProducer<Acks>, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
-        // A zero timeout serves what is queued and returns; it never rounds into a spin.
-        producer.poll(Duration::ZERO);
+        // Zero-timeout polls serve every report queued (one produce request's each) and return;
+        // they never round into a spin.
+        let left = serve_reports(producer);
         producer.context().polls.fetch_add(1, Ordering::Relaxed);
-        if producer.in_flight_count() > 0 {
+        if left > 0 {
             std::thread::sleep(ACK_POLL);
         } else {
             // `enqueue` unparks: a send made after the count was read wakes this at once.
