@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use patron_core::config::PatronConfig;
 use patron_store::Store;
@@ -30,24 +30,31 @@ fn purchase(i: u32, customer: &str, amount: &str) -> String {
     )
 }
 
-fn ingest(store: &Store, broker: &EmbeddedBroker) -> ingest::IngestSummary {
+/// Reading the embedded broker's events topic in `mode`, as consumer group `group`, without a
+/// changelog, from the log's start; and the status the ingest reports to.
+fn options(broker: &EmbeddedBroker, group: &str, mode: Mode) -> (IngestOptions, Arc<IngestStatus>) {
     let source = KafkaSource {
         brokers: broker.bootstrap_servers(),
         topic: TOPIC.into(),
-        group_id: "test".into(),
+        group_id: group.into(),
         dlq_topic: DLQ.into(),
         incarnation: broker.incarnation().into(),
         changelog: false,
         changelog_seed_batch: 1,
-        session_timeout: std::time::Duration::from_secs(10),
+        session_timeout: Duration::from_secs(10),
     };
     let status = Arc::new(IngestStatus::new(&source.position_key(), TOPIC, DLQ));
     let opts = IngestOptions {
         source,
-        mode: Mode::UntilEnd,
+        mode,
         start: StartAt::Earliest,
         partitions: None,
     };
+    (opts, status)
+}
+
+fn ingest(store: &Store, broker: &EmbeddedBroker) -> ingest::IngestSummary {
+    let (opts, status) = options(broker, "test", Mode::UntilEnd);
     ingest::run(
         store.clone(),
         &PatronConfig::default(),
@@ -184,4 +191,56 @@ fn a_new_embedded_log_is_read_from_its_start_and_state_carries_over() {
     }
     let p = store.reader().unwrap().profile("dee").unwrap().unwrap();
     assert_eq!(p.state.frequency, 10);
+}
+
+/// A writer that has applied everything the log holds commits it without waiting out
+/// `[checkpoint] interval` (an hour here): the store reaches the end of the log while the
+/// ingest keeps following it. Taken out, nothing is committed before the ingest stops.
+#[test]
+fn a_caught_up_writer_commits_without_waiting_out_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::start(TOPIC, DLQ).unwrap();
+    let mut producer = EventProducer::new(&broker.bootstrap_servers(), TOPIC).unwrap();
+    for i in 0..20u32 {
+        producer
+            .send(b"eve", purchase(i, "eve", "3").as_bytes())
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let store = Store::open(dir.path().join("s.redb")).unwrap();
+    let mut config = PatronConfig::default();
+    config.checkpoint.interval = Duration::from_secs(3600);
+    let (opts, status) = options(&broker, "follow", Mode::Follow);
+    let stop = AtomicBool::new(false);
+    let committed = |store: &Store| -> u64 {
+        let reader = store.reader().unwrap();
+        reader
+            .positions()
+            .unwrap()
+            .iter()
+            .map(|p| p.next_offset)
+            .sum()
+    };
+    let seen = std::thread::scope(|scope| {
+        let following = scope.spawn(|| ingest::run(store.clone(), &config, &opts, status, &stop));
+        // A bound on a broken build, not a measurement: a working one commits within a
+        // second of the group join.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let seen = loop {
+            let n = committed(&store);
+            if n >= 20 || Instant::now() > deadline {
+                break n;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        stop.store(true, Ordering::Relaxed);
+        following.join().unwrap().expect("ingest");
+        seen
+    });
+    assert_eq!(
+        seen, 20,
+        "every record committed while following, an hour before the interval"
+    );
+    let p = store.reader().unwrap().profile("eve").unwrap().unwrap();
+    assert_eq!(p.state.frequency, 20);
 }

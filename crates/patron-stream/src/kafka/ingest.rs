@@ -1,10 +1,10 @@
 //! Kafka ingestion: consume, decode, apply, and checkpoint state with offsets.
 //!
 //! Two threads:
-//! - **Consumer** (the caller's thread): polls rdkafka, gathers records into batches, decodes
-//!   each batch on the rayon pool, and sends it down a bounded channel. Rebalance callbacks run
-//!   here, inside `poll`.
-//! - **Writer**: owns the [`Applier`]. It applies batches in order, and every
+//! - **Consumer** (the caller's thread): polls rdkafka, gathers records into batches, hands
+//!   each batch to the rayon pool to decode, and sends it down a bounded channel without waiting
+//!   for the decode. Rebalance callbacks run here, inside `poll`.
+//! - **Writer**: owns the [`Applier`]. It applies batches in order, each once decoded, and every
 //!   `[checkpoint] interval` or `max_events` commits profiles, positions (next offset per
 //!   partition) and dead letters in one redb transaction.
 //!
@@ -45,9 +45,10 @@ use crate::{Result, StreamError};
 
 /// Records per decoded batch, and the longest a partial batch waits.
 const BATCH_RECORDS: usize = 4096;
-/// Decoded batches waiting for the writer. Deep enough that the consumer goes on fetching and
-/// decoding through a whole checkpoint (0.5 s at a few hundred thousand records a second)
-/// instead of stalling after a few batches; at most ~130k records, some tens of MB.
+/// Batches (decoded, or still decoding) waiting for the writer. Deep enough that the consumer
+/// goes on fetching and decoding through a whole checkpoint (0.5 s at a few hundred thousand
+/// records a second) instead of stalling after a few batches; at most ~130k records, some tens
+/// of MB.
 const QUEUED_BATCHES: usize = 32;
 const BATCH_WAIT: Duration = Duration::from_millis(20);
 const POLL_WAIT: Duration = Duration::from_millis(100);
@@ -161,8 +162,14 @@ struct DecodedBatch {
     decoded: Vec<Option<std::result::Result<Event, Rejection>>>,
 }
 
+/// A batch handed to the rayon pool for decoding: the writer takes it from here, in the order the
+/// consumer read it, once it is decoded. The consumer goes on polling meanwhile, so reading the
+/// next batch overlaps decoding this one (before, the consumer waited for each batch's decode,
+/// and the writer often waited for the consumer).
+type DecodingBatch = Receiver<DecodedBatch>;
+
 enum Work {
-    Batch(DecodedBatch),
+    Batch(DecodingBatch),
     /// Stored positions of these partitions, answered after every earlier batch is applied.
     Positions {
         partitions: Vec<u32>,
@@ -175,6 +182,9 @@ enum Work {
         partitions: Vec<u32>,
         reply: Sender<()>,
     },
+    /// Every batch before this one reached the end of every partition the consumer reads
+    /// ([`Mode::Follow`]): until the next batch, the writer holds all the log has.
+    CaughtUp,
 }
 
 /// What the consumer thread knows about one assigned partition.
@@ -208,7 +218,7 @@ struct IngestContext {
     start: StartAt,
     work: Sender<Work>,
     pending: Mutex<RawBatch>,
-    decoder: Decoder,
+    decoder: Arc<Decoder>,
     status: Arc<IngestStatus>,
     reading: Mutex<BTreeMap<u32, Reading>>,
     /// Set when the writer has gone away (it failed): the consumer stops.
@@ -300,23 +310,30 @@ impl ConsumerContext for IngestContext {
 }
 
 impl IngestContext {
-    /// Decodes the partial batch and hands it to the writer. False when the writer is gone.
+    /// Hands the partial batch to the writer, decoded on the rayon pool without waiting for it.
+    /// False when the writer is gone.
     fn flush(&self) -> bool {
         let raw = std::mem::take(&mut *self.pending.lock().expect("pending lock"));
         if raw.records.is_empty() {
             return !self.writer_gone.load(Ordering::Relaxed);
         }
         let now = now_millis();
-        let decoded = raw
-            .records
-            .par_iter()
-            .map(|r| match &r.route {
-                Some(Ok(h)) if h.kind != RouteKind::Forward => None,
-                Some(Err(_)) => None,
-                _ => Some(self.decoder.decode(&raw.data[r.payload.clone()], now)),
-            })
-            .collect();
-        self.send(Work::Batch(DecodedBatch { raw, decoded }))
+        let decoder = Arc::clone(&self.decoder);
+        let (done, decoding) = crossbeam_channel::bounded(1);
+        rayon::spawn(move || {
+            let decoded = raw
+                .records
+                .par_iter()
+                .map(|r| match &r.route {
+                    Some(Ok(h)) if h.kind != RouteKind::Forward => None,
+                    Some(Err(_)) => None,
+                    _ => Some(decoder.decode(&raw.data[r.payload.clone()], now)),
+                })
+                .collect();
+            // A writer that has gone no longer wants it.
+            let _ = done.send(DecodedBatch { raw, decoded });
+        });
+        self.send(Work::Batch(decoding))
     }
 
     fn send(&self, work: Work) -> bool {
@@ -617,6 +634,7 @@ pub fn run(
         },
         last_checkpoint: Instant::now(),
         records_at_checkpoint: 0,
+        caught_up: false,
     };
     let context = IngestContext {
         topic: opts.source.topic.clone(),
@@ -624,7 +642,7 @@ pub fn run(
         start: opts.start,
         work: work_tx,
         pending: Mutex::default(),
-        decoder: Decoder::from_config(config),
+        decoder: Arc::new(Decoder::from_config(config)),
         status: status.clone(),
         reading: Mutex::default(),
         writer_gone: AtomicBool::new(false),
@@ -679,6 +697,13 @@ pub fn run(
         })
         .collect();
     Ok(summary)
+}
+
+/// The shortest time between checkpoints of a writer that has caught up with the log (or the
+/// interval, when that is shorter). It bounds how often a trickle of records, each reaching the
+/// end of the log, makes the writer commit: ten times a second at most.
+fn catch_up_gap(interval: Duration) -> Duration {
+    Duration::from_millis(100).min(interval)
 }
 
 /// How long the writer waits for work before it looks at the checkpoint again. With something
@@ -778,6 +803,7 @@ fn consume(
         }
         let polled = consumer.poll(POLL_WAIT);
         let mut flush_now = false;
+        let mut caught_up = false;
         match polled {
             None => flush_now = true,
             Some(Ok(m)) => {
@@ -811,11 +837,14 @@ fn consume(
                 let p = p as u32;
                 let next = {
                     let mut reading = ctx.reading.lock().expect("reading lock");
-                    reading.get_mut(&p).map(|r| {
+                    let next = reading.get_mut(&p).map(|r| {
                         r.confirmed = true;
                         r.at_end = true;
                         r.next
-                    })
+                    });
+                    caught_up = opts.mode == Mode::Follow
+                        && reading.values().all(|r| r.at_end || r.stopped);
+                    next
                 };
                 ctx.status.end_of_partition(p, next);
             }
@@ -829,6 +858,9 @@ fn consume(
             }
         }
         if flush_now && !ctx.flush() {
+            break;
+        }
+        if caught_up && !ctx.send(Work::CaughtUp) {
             break;
         }
         if opts.mode == Mode::UntilEnd {
@@ -921,6 +953,9 @@ struct Writer {
     interval: Duration,
     last_checkpoint: Instant,
     records_at_checkpoint: u64,
+    /// The consumer reached the end of every partition with the batches received so far
+    /// ([`Work::CaughtUp`]; a new batch clears it).
+    caught_up: bool,
 }
 
 impl Writer {
@@ -928,11 +963,18 @@ impl Writer {
         loop {
             let wait = checkpoint_wait(
                 self.owes_checkpoint(),
-                self.interval,
+                self.checkpoint_interval(&work),
                 self.last_checkpoint.elapsed(),
             );
             match work.recv_timeout(wait) {
-                Ok(Work::Batch(batch)) => self.apply(batch)?,
+                Ok(Work::Batch(decoding)) => {
+                    self.caught_up = false;
+                    let batch = decoding.recv().map_err(|_| {
+                        StreamError::Source("a batch's decoding stopped before its end".into())
+                    })?;
+                    self.apply(batch)?
+                }
+                Ok(Work::CaughtUp) => self.caught_up = true,
                 Ok(Work::Positions {
                     partitions,
                     partition_count,
@@ -980,7 +1022,8 @@ impl Writer {
                     break;
                 }
             }
-            let due = self.last_checkpoint.elapsed() >= self.interval && self.owes_checkpoint();
+            let due = self.last_checkpoint.elapsed() >= self.checkpoint_interval(&work)
+                && self.owes_checkpoint();
             if self.applier.needs_checkpoint(self.max_events) || due {
                 self.checkpoint()?;
             }
@@ -1215,6 +1258,22 @@ impl Writer {
 
     /// Whether anything waits for a checkpoint: applied records, or outboxes with rows to send
     /// or deliveries to record.
+    /// How long after the last checkpoint the next one is due: `[checkpoint] interval`, or,
+    /// once the writer has applied everything the log holds and has records not yet committed,
+    /// [`catch_up_gap`]. Then nothing would join those records by waiting: committing them
+    /// at once brings the committed state (what the API answers) and the consumer group's
+    /// committed offsets to the end of the log, and sends identity records on their way a whole
+    /// interval sooner. Under a steady stream the consumer is rarely at the end, and the
+    /// interval holds.
+    fn checkpoint_interval(&self, work: &Receiver<Work>) -> Duration {
+        let unsaved = self.summary.records > self.records_at_checkpoint;
+        if self.caught_up && unsaved && work.is_empty() {
+            catch_up_gap(self.interval)
+        } else {
+            self.interval
+        }
+    }
+
     fn owes_checkpoint(&self) -> bool {
         self.applier.uncommitted() > 0
             || self.forwarder.has_work()
