@@ -1256,8 +1256,6 @@ impl Writer {
         Ok(())
     }
 
-    /// Whether anything waits for a checkpoint: applied records, or outboxes with rows to send
-    /// or deliveries to record.
     /// How long after the last checkpoint the next one is due: `[checkpoint] interval`, or,
     /// once the writer has applied everything the log holds and has records not yet committed,
     /// [`catch_up_gap`]. Then nothing would join those records by waiting: committing them
@@ -1274,6 +1272,8 @@ impl Writer {
         }
     }
 
+    /// Whether anything waits for a checkpoint: applied records, or outboxes with rows to send
+    /// or deliveries to record.
     fn owes_checkpoint(&self) -> bool {
         self.applier.uncommitted() > 0
             || self.forwarder.has_work()
