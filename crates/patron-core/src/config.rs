@@ -103,9 +103,8 @@ impl Default for SourceConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CheckpointConfig {
-    /// The longest `serve` holds applied records before it commits them while it reads a
-    /// backlog; once it has applied everything the log holds it commits at once (at most every
-    /// 100 ms).
+    /// How often `serve` commits. Within 2 s of reading a backlog it also commits as soon as it
+    /// has applied everything the log holds, at least 100 ms apart.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     /// Records applied between two checkpoints at most. Large by default: `serve` checkpoints

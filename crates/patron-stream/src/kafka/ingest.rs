@@ -635,6 +635,7 @@ pub fn run(
         last_checkpoint: Instant::now(),
         records_at_checkpoint: 0,
         caught_up: false,
+        catch_up: CatchUp::new(),
     };
     let context = IngestContext {
         topic: opts.source.topic.clone(),
@@ -699,11 +700,46 @@ pub fn run(
     Ok(summary)
 }
 
-/// The shortest time between checkpoints of a writer that has caught up with the log (or the
-/// interval, when that is shorter). It bounds how often a trickle of records, each reaching the
-/// end of the log, makes the writer commit: ten times a second at most.
-fn catch_up_gap(interval: Duration) -> Duration {
-    Duration::from_millis(100).min(interval)
+/// When a writer that has caught up with the log commits without waiting out the interval:
+/// within [`CatchUp::WINDOW`] of a backlog (a full batch, or the first batch after a start, which
+/// may be one), at least [`CatchUp::GAP`] after the last checkpoint. So the end of a backlog is
+/// committed at once, and so are the identity records that make their hops through the log
+/// after it, while a stream the writer keeps up with (batches that are not full) is committed
+/// every interval, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CatchUp {
+    /// The first batch is still to come.
+    first: bool,
+    /// Until when a caught-up writer commits sooner than the interval.
+    until: Option<Instant>,
+}
+
+impl CatchUp {
+    const GAP: Duration = Duration::from_millis(100);
+    const WINDOW: Duration = Duration::from_secs(2);
+
+    fn new() -> Self {
+        Self {
+            first: true,
+            until: None,
+        }
+    }
+
+    /// A batch of `records` arrived at `now`.
+    fn batch(&mut self, records: usize, now: Instant) {
+        if records >= BATCH_RECORDS || self.first {
+            self.until = Some(now + Self::WINDOW);
+        }
+        self.first = false;
+    }
+
+    /// How long after the last checkpoint a caught-up writer commits at `now`, if sooner than
+    /// `interval`.
+    fn gap(&self, interval: Duration, now: Instant) -> Option<Duration> {
+        self.until
+            .filter(|until| now < *until && Self::GAP < interval)
+            .map(|_| Self::GAP)
+    }
 }
 
 /// How long the writer waits for work before it looks at the checkpoint again. With something
@@ -956,6 +992,7 @@ struct Writer {
     /// The consumer reached the end of every partition with the batches received so far
     /// ([`Work::CaughtUp`]; a new batch clears it).
     caught_up: bool,
+    catch_up: CatchUp,
 }
 
 impl Writer {
@@ -972,6 +1009,7 @@ impl Writer {
                     let batch = decoding.recv().map_err(|_| {
                         StreamError::Source("a batch's decoding stopped before its end".into())
                     })?;
+                    self.catch_up.batch(batch.raw.records.len(), Instant::now());
                     self.apply(batch)?
                 }
                 Ok(Work::CaughtUp) => self.caught_up = true,
@@ -1258,17 +1296,15 @@ impl Writer {
 
     /// How long after the last checkpoint the next one is due: `[checkpoint] interval`, or,
     /// once the writer has applied everything the log holds and has records not yet committed,
-    /// [`catch_up_gap`]. Then nothing would join those records by waiting: committing them
+    /// the [`CatchUp`] gap. Then nothing would join those records by waiting: committing them
     /// at once brings the committed state (what the API answers) and the consumer group's
     /// committed offsets to the end of the log, and sends identity records on their way a whole
-    /// interval sooner. Under a steady stream the consumer is rarely at the end, and the
-    /// interval holds.
+    /// interval sooner.
     fn checkpoint_interval(&self, work: &Receiver<Work>) -> Duration {
         let unsaved = self.summary.records > self.records_at_checkpoint;
-        if self.caught_up && unsaved && work.is_empty() {
-            catch_up_gap(self.interval)
-        } else {
-            self.interval
+        match self.catch_up.gap(self.interval, Instant::now()) {
+            Some(gap) if self.caught_up && unsaved && work.is_empty() => gap,
+            _ => self.interval,
         }
     }
 
@@ -1408,6 +1444,31 @@ mod tests {
         // Overdue: look again soon, but never spin on a zero timeout.
         assert_eq!(checkpoint_wait(true, SECOND, ms(1000)), ms(1));
         assert_eq!(checkpoint_wait(true, SECOND, 5 * SECOND), ms(1));
+    }
+
+    #[test]
+    fn a_caught_up_writer_commits_sooner_only_after_a_backlog() {
+        let second = Duration::from_secs(1);
+        let ms = Duration::from_millis;
+        let start = Instant::now();
+        let mut catch_up = CatchUp::new();
+        assert_eq!(catch_up.gap(second, start), None, "nothing read yet");
+        // The first batch may be the start of a backlog, however small.
+        catch_up.batch(20, start);
+        assert_eq!(catch_up.gap(second, start + ms(1500)), Some(ms(100)));
+        assert_eq!(
+            catch_up.gap(second, start + ms(2500)),
+            None,
+            "the window is over"
+        );
+        // A stream kept up with: small batches do not open it again.
+        catch_up.batch(40, start + ms(3000));
+        assert_eq!(catch_up.gap(second, start + ms(3000)), None);
+        // A full batch is a backlog.
+        catch_up.batch(BATCH_RECORDS, start + ms(4000));
+        assert_eq!(catch_up.gap(second, start + ms(4500)), Some(ms(100)));
+        // An interval of 100 ms or less is never shortened.
+        assert_eq!(catch_up.gap(ms(100), start + ms(4500)), None);
     }
 
     #[test]
