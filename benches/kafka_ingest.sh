@@ -134,13 +134,16 @@ PY
     tail -2 "$WORK/serve.err" >&2
 }
 
-read -r SERVE_SECS SERVE_ASSIGNED_SECS <<< "$(serve_to_lag_0 "$WORK/patron.toml")"
+# (An assignment, so that a failed wait stops the script here.)
+SERVE_TIMES=$(serve_to_lag_0 "$WORK/patron.toml")
+read -r SERVE_SECS SERVE_ASSIGNED_SECS <<< "$SERVE_TIMES"
 CHECKPOINTS=$(cat "$WORK/checkpoints.txt")
 python3 -c 'import json,sys; c=json.load(open(sys.argv[1])).get("changelog",{}); print("changelog records sent:", c.get("records_sent"))' "$WORK/status.json"
 
 # The takeover: an empty store in the same group.
 sed "s|$WORK/serve.redb|$WORK/takeover.redb|" "$WORK/patron.toml" > "$WORK/takeover.toml"
-read -r TAKEOVER_SECS _ <<< "$(serve_to_lag_0 "$WORK/takeover.toml")"
+TAKEOVER_TIMES=$(serve_to_lag_0 "$WORK/takeover.toml")
+read -r TAKEOVER_SECS _ <<< "$TAKEOVER_TIMES"
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); c=d.get("changelog",{}); print("takeover: restored partitions", c.get("restored_partitions"), "profiles", c.get("restored_profiles"), "events applied", d.get("applied"))' "$WORK/status.json"
 
 python3 - "$RECORDS" "$BARE_SECS" "$REPLAY_SECS" "$SERVE_SECS" "$TAKEOVER_SECS" "$SERVE_ASSIGNED_SECS" <<'PY'
