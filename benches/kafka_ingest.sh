@@ -87,7 +87,7 @@ read -r REPLAY_SECS REPLAY_RSS_KB < "$WORK/replay.time"
 # Starts serve with config $1, waits until it has committed every produced record (and every
 # identity record it routed through the topic); prints the seconds that took from the process
 # start and from the group's assignment (the bare drain is timed from its assign, so that is the
-# like-for-like figure), and leaves the status in $WORK/status.json. One Python process polls
+# like-for-like figure), and leaves the status at lag 0 in $WORK/status.json. One Python process polls
 # /v1/status for the whole wait: a curl and an interpreter per poll (through pyenv's shell shims
 # where those are installed) took a fifth of the two cores from the serve being measured.
 serve_to_lag_0() {
@@ -102,9 +102,9 @@ serve_to_lag_0() {
         sleep 0.05
     done
     [ -n "$url" ] || { echo "serve printed no HTTP address" >&2; cat "$WORK/serve.err" >&2; exit 1; }
-    "$PYTHON" - "$url/v1/status" "$RECORDS" "${SERVE_TIMEOUT:-900}" "$started" <<'PY' || exit 1
+    "$PYTHON" - "$url/v1/status" "$RECORDS" "${SERVE_TIMEOUT:-900}" "$started" "$WORK/status.json" <<'PY' || exit 1
 import json, sys, time, urllib.request
-url, records, timeout, started = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+url, records, timeout, started, keep = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
 deadline = time.monotonic() + timeout
 assigned = None
 while time.monotonic() < deadline:
@@ -121,13 +121,14 @@ while time.monotonic() < deadline:
         if routing.get("pending", 0) == 0 and committed >= records + routing.get("sent", 0):
             done = time.time()
             print(f"{done - started:.3f} {done - (assigned or started):.3f}")
+            with open(keep, "w") as out:
+                json.dump(status, out)
             sys.exit(0)
     except (OSError, ValueError, KeyError):
         pass
     time.sleep(0.05)
 sys.exit("serve did not reach lag 0 in time")
 PY
-    curl -s "$url/v1/status" > "$WORK/status.json"
     curl -s "$url/metrics" | awk '/^patron_checkpoint_duration_seconds_count/ {print "serve checkpoints (metrics):", $2}' > "$WORK/checkpoints.txt"
     kill -TERM $SERVE_PID; wait $SERVE_PID || true
     SERVE_PID=""

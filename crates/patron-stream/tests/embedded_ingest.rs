@@ -53,6 +53,17 @@ fn options(broker: &EmbeddedBroker, group: &str, mode: Mode) -> (IngestOptions, 
     (opts, status)
 }
 
+/// The sum of the store's committed next offsets: records committed, over every partition.
+fn committed_offsets(store: &Store) -> u64 {
+    let reader = store.reader().unwrap();
+    reader
+        .positions()
+        .unwrap()
+        .iter()
+        .map(|p| p.next_offset)
+        .sum()
+}
+
 fn ingest(store: &Store, broker: &EmbeddedBroker) -> ingest::IngestSummary {
     let (opts, status) = options(broker, "test", Mode::UntilEnd);
     ingest::run(
@@ -146,13 +157,7 @@ fn ingests_once_and_dead_letters_each_bad_record_once() {
             "{customer}: {got} vs {monetary}"
         );
     }
-    let committed: u64 = reader
-        .positions()
-        .unwrap()
-        .iter()
-        .map(|p| p.next_offset)
-        .sum();
-    assert_eq!(committed, 33, "every offset is committed");
+    assert_eq!(committed_offsets(&store), 33, "every offset is committed");
 
     // A second run over the same log applies nothing and sends no dead letter again.
     drop(reader);
@@ -212,22 +217,13 @@ fn a_caught_up_writer_commits_without_waiting_out_the_interval() {
     config.checkpoint.interval = Duration::from_secs(3600);
     let (opts, status) = options(&broker, "follow", Mode::Follow);
     let stop = AtomicBool::new(false);
-    let committed = |store: &Store| -> u64 {
-        let reader = store.reader().unwrap();
-        reader
-            .positions()
-            .unwrap()
-            .iter()
-            .map(|p| p.next_offset)
-            .sum()
-    };
     let seen = std::thread::scope(|scope| {
         let following = scope.spawn(|| ingest::run(store.clone(), &config, &opts, status, &stop));
         // A bound on a broken build, not a measurement: a working one commits within a
         // second of the group join.
         let deadline = Instant::now() + Duration::from_secs(60);
         let seen = loop {
-            let n = committed(&store);
+            let n = committed_offsets(&store);
             if n >= 20 || Instant::now() > deadline {
                 break n;
             }

@@ -878,8 +878,7 @@ fn consume(
                         r.at_end = true;
                         r.next
                     });
-                    caught_up = opts.mode == Mode::Follow
-                        && reading.values().all(|r| r.at_end || r.stopped);
+                    caught_up = opts.mode == Mode::Follow && every_partition_at_end(&reading);
                     next
                 };
                 ctx.status.end_of_partition(p, next);
@@ -901,13 +900,18 @@ fn consume(
         }
         if opts.mode == Mode::UntilEnd {
             let reading = ctx.reading.lock().expect("reading lock");
-            if reading.values().all(|r| r.at_end || r.stopped) {
+            if every_partition_at_end(&reading) {
                 break;
             }
         }
     }
     ctx.flush();
     Ok(())
+}
+
+/// Whether the consumer has read every partition it reads to its end (or stopped reading it).
+fn every_partition_at_end(reading: &BTreeMap<u32, Reading>) -> bool {
+    reading.values().all(|r| r.at_end || r.stopped)
 }
 
 /// Seeks partition `p` back to `from` (never below the log start) to re-read.
