@@ -647,6 +647,9 @@ struct CpuTicks {
     cpus: usize,
     client: u64,
     server: Option<u64>,
+    /// Context switches of all the client's threads, and of the server's.
+    client_switches: u64,
+    server_switches: Option<u64>,
 }
 
 impl CpuTicks {
@@ -669,6 +672,8 @@ impl CpuTicks {
             cpus,
             client: process_ticks("self")?,
             server: server_pid.and_then(|pid| process_ticks(&pid.to_string())),
+            client_switches: context_switches("self")?,
+            server_switches: server_pid.and_then(|pid| context_switches(&pid.to_string())),
         })
     }
 }
@@ -683,6 +688,26 @@ fn process_ticks(pid: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// Voluntary and involuntary context switches of every thread of a process, from
+/// `/proc/<pid>/task/*/status` (threads that ended are not counted).
+fn context_switches(pid: &str) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        total += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_once(':')?.1.trim().parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(total)
+}
+
 /// How busy the cores were over a phase.
 #[derive(Clone, Copy)]
 struct CpuUse {
@@ -692,6 +717,9 @@ struct CpuUse {
     server_cores: Option<f64>,
     /// Share of all the machine's CPU time that was busy, whoever used it.
     machine_busy: f64,
+    /// Context switches over the phase: the client's threads, and the server's.
+    client_switches: u64,
+    server_switches: Option<u64>,
 }
 
 impl CpuUse {
@@ -705,15 +733,27 @@ impl CpuUse {
             client_cores: cores(before.client, after.client),
             server_cores: before.server.zip(after.server).map(|(b, a)| cores(b, a)),
             machine_busy: after.busy.saturating_sub(before.busy) as f64 / all,
+            client_switches: after.client_switches.saturating_sub(before.client_switches),
+            server_switches: before
+                .server_switches
+                .zip(after.server_switches)
+                .map(|(b, a)| a.saturating_sub(b)),
         })
     }
 
-    fn describe(&self) -> String {
+    /// One line; `requests` (those answered in the phase) turns switch counts into rates.
+    fn describe(&self, requests: u64) -> String {
+        let per_request = |n: u64| n as f64 / requests.max(1) as f64;
         format!(
-            "client {:.2} cores, {}machine {:.0} % busy",
+            "client {:.2} cores, {:.2} switches/request, {}machine {:.0} % busy",
             self.client_cores,
+            per_request(self.client_switches),
             self.server_cores
-                .map(|s| format!("server {s:.2} cores, "))
+                .zip(self.server_switches)
+                .map(|(s, n)| format!(
+                    "server {s:.2} cores, {:.2} switches/request, ",
+                    per_request(n)
+                ))
                 .unwrap_or_default(),
             self.machine_busy * 100.0
         )
@@ -850,6 +890,8 @@ fn phase_json(p: &PhaseResult) -> serde_json::Value {
         "client_cores": p.cpu.map(|c| c.client_cores),
         "server_cores": p.cpu.and_then(|c| c.server_cores),
         "machine_busy_share": p.cpu.map(|c| c.machine_busy),
+        "client_switches": p.cpu.map(|c| c.client_switches),
+        "server_switches": p.cpu.and_then(|c| c.server_switches),
     })
 }
 
@@ -1007,8 +1049,8 @@ fn main() {
             println!(
                 "    CPU of the machine's {} cores: closed loop {}; open loop {}",
                 open.cpus,
-                closed.describe(),
-                open.describe()
+                closed.describe(r.closed.ok),
+                open.describe(r.open.ok)
             );
         }
     }
