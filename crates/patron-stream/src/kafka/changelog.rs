@@ -15,9 +15,12 @@
 //! Each checkpoint adds the keys it changed to the changelog outbox (see
 //! `patron_store::changelog`). After the commit, and once the identity records and dead
 //! letters of every checkpoint before it are acknowledged (so a restore never skips past a
-//! record nobody sent), the writer reads those keys' values from a snapshot, produces them
-//! partition by partition, each partition's followed by its marker, and drops the outbox rows
-//! with the next checkpoint once everything is acknowledged. Values come from the snapshot, not
+//! record nobody sent), a **round** reads those keys' values from a snapshot, produces them
+//! partition by partition, each partition's followed by its marker, and waits for their
+//! acknowledgements; the writer drops the outbox rows with the next checkpoint once everything
+//! is acknowledged. Rounds run on a thread of their own, one at a time: reading a round's values
+//! and producing them takes as long as applying thousands of events, and the writer goes on
+//! applying meanwhile. Values come from the snapshot, not
 //! from the moment of the change, so a round makes the partition's changelog equal to the store
 //! as of that snapshot, whatever rounds failed before it.
 //!
@@ -26,6 +29,10 @@
 //! and their keys are produced again from the restored state.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use patron_store::changelog::{ContactsValue, by_partition};
@@ -41,7 +48,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::dead_letters::{DeliveryLog, warn_limited};
-use super::delivery::{QUEUE_FULL_WAIT, await_deliveries, await_room, serve_reports};
+use super::delivery::{QUEUE_FULL_WAIT, await_deliveries, await_room};
 use super::{client_config, ensure_compacted_topic};
 use crate::applier::Applier;
 use crate::{Result, StreamError};
@@ -49,6 +56,8 @@ use crate::{Result, StreamError};
 const MARKER_KEY: &str = "#position";
 /// How long [`Changelog::finish`] waits for a round's acknowledgements.
 const FLUSH_WAIT: Duration = Duration::from_secs(10);
+/// How often the round thread, waiting for acknowledgements, looks whether it must stop.
+const STOP_CHECK: Duration = Duration::from_millis(200);
 /// A restore that receives nothing for this long gives up (the partition is then read from
 /// the source log, as without a changelog).
 const READ_STALL: Duration = Duration::from_secs(30);
@@ -98,20 +107,42 @@ pub struct Found {
     pub writer: String,
 }
 
-/// Records produced after one checkpoint, and what came back for them.
+/// The round in flight, as the writer sees it.
 struct Round {
-    /// The outbox rows they carry.
+    /// The outbox rows it carries.
     seqs: Vec<u64>,
-    /// A slice of the seed went with them: where the seed goes on once they are acknowledged
+    /// What the round thread reports once the round is acknowledged (or has failed).
+    outcome: mpsc::Receiver<Result<Sent>>,
+}
+
+/// What a round sent, and what came back for it.
+struct Sent {
+    /// A slice of the seed went with it: where the seed goes on once it is acknowledged
     /// (`Some(None)`: it is done).
     seed_next: Option<Option<ChangelogSeed>>,
-    /// The seed's keys among them.
+    /// The seed's keys among the records.
     seed_keys: u64,
     sent: u64,
     acknowledged: u64,
     failed: u64,
-    /// A record could not be enqueued: the round is incomplete whatever comes back.
+    /// A record could not be enqueued: the round is incomplete whatever came back.
     broken: bool,
+}
+
+impl Sent {
+    fn complete(&self) -> bool {
+        !self.broken && self.failed == 0 && self.acknowledged == self.sent
+    }
+}
+
+/// A round for the round thread: the outbox rows `seqs` and the seed's next slice, read from
+/// `snapshot`, for the partitions in `owned`.
+struct Job {
+    snapshot: StoreReader,
+    seqs: Vec<u64>,
+    seed: Option<ChangelogSeed>,
+    owned: BTreeSet<u32>,
+    outcome: mpsc::SyncSender<Result<Sent>>,
 }
 
 /// Counts for `/v1/status`.
@@ -139,11 +170,10 @@ pub struct Changelog {
     topic: String,
     brokers: String,
     source_key: String,
-    store_id: String,
-    producer: BaseProducer<DeliveryLog>,
+    /// Where rounds go to be sent.
+    rounds: RoundThread,
     /// Whether the topic exists with enough partitions: nothing is sent until it does.
     topic_state: TopicState,
-    next_opaque: u64,
     last_warning: Option<Instant>,
     /// The round in flight.
     round: Option<Round>,
@@ -158,8 +188,6 @@ pub struct Changelog {
     /// key of a store the changelog did not follow, sent a slice per round), no partition gets
     /// a marker until its last slice, as a marker confirms the whole of a partition's state.
     seed: Option<Option<ChangelogSeed>>,
-    /// Keys of the seed per round.
-    seed_batch: usize,
     /// The topic just became ready: the next checkpoint looks for rows left from the last run,
     /// or a seed to send, records or not.
     look: bool,
@@ -185,21 +213,28 @@ impl Changelog {
             .set("linger.ms", "5")
             .create_with_context(DeliveryLog::default())
             .map_err(|e| StreamError::Source(format!("changelog producer: {e}")))?;
+        let topic = topic_for(source_topic);
+        let rounds = RoundThread::start(RoundProducer {
+            producer,
+            topic: topic.clone(),
+            store_id: store_id.to_owned(),
+            source_key: source_key.to_owned(),
+            seed_batch: seed_batch.max(1),
+            next_opaque: 0,
+            last_warning: None,
+        })?;
         Ok(Self {
-            topic: topic_for(source_topic),
+            topic,
             brokers: brokers.to_owned(),
             source_key: source_key.to_owned(),
-            store_id: store_id.to_owned(),
-            producer,
+            rounds,
             topic_state: TopicState::Unknown,
-            next_opaque: 0,
             last_warning: None,
             round: None,
             removing: HashSet::new(),
             unsent: 0,
             seed_sendable: false,
             seed: None,
-            seed_batch: seed_batch.max(1),
             look: false,
             counts: ChangelogCounts::default(),
         })
@@ -268,8 +303,9 @@ impl Changelog {
     /// While a seed goes on, rounds carry no markers: the topic does not hold the whole of any
     /// partition yet. The round with the seed's last slice marks every owned partition.
     ///
-    /// A round is not waited for: its acknowledgements are collected after later checkpoints
-    /// (and by [`Self::finish`]), and the next round starts once it is complete.
+    /// A round is not waited for: it goes to the round thread, which reads the values from a
+    /// snapshot of its own and waits for the acknowledgements. Its outcome is collected after
+    /// later checkpoints (and by [`Self::finish`]), and the next round starts once it is in.
     pub fn after_checkpoint(
         &mut self,
         applier: &mut Applier,
@@ -282,7 +318,7 @@ impl Changelog {
             return Ok(());
         }
         self.look = false;
-        self.collect(applier);
+        self.collect(applier, Duration::ZERO)?;
         let snapshot = applier.snapshot();
         // The rows' numbers only: while a round is in flight its keys are not decoded again at
         // every checkpoint.
@@ -316,114 +352,53 @@ impl Changelog {
         if !settled {
             return Ok(());
         }
-        let rows = if seqs.is_empty() {
-            Vec::new()
-        } else {
-            snapshot.pending_changes()?
-        };
-        let mut seed_keys = Vec::new();
-        let seed_next = match seed.map(|s| s.for_round(owned)) {
-            Some(from) => {
-                let next = snapshot.state_keys_after(&from.cursor, self.seed_batch, |key| {
-                    if owned.contains(&key.partition) {
-                        seed_keys.push(key);
-                    }
-                })?;
-                // A covered partition not owned now had its keys in this slice passed over.
-                Some(next.map(|cursor| ChangelogSeed {
-                    cursor,
-                    covers: owned.clone(),
-                }))
-            }
-            None => None,
-        };
-        let grouped = by_partition(
-            rows.iter()
-                .filter(|(seq, _)| seqs.contains(seq))
-                .flat_map(|(_, keys)| keys)
-                .chain(&seed_keys),
-        );
-        let marked: BTreeSet<u32> = match &seed_next {
-            Some(Some(_)) => BTreeSet::new(),
-            Some(None) => owned.clone(),
-            None => grouped.keys().copied().collect(),
-        };
-        let no_keys = Vec::new();
-        let partitions: BTreeSet<u32> = grouped.keys().chain(&marked).copied().collect();
-        let mut sent = 0u64;
-        let mut broken = false;
-        'round: for partition in partitions.iter().filter(|p| owned.contains(p)) {
-            for (kind, key) in grouped.get(partition).unwrap_or(&no_keys) {
-                let value = value_of(snapshot, *partition, *kind, key)?;
-                if !self.try_send(*partition, &record_key(*kind, key), value.as_deref()) {
-                    broken = true;
-                    break 'round;
-                }
-                sent += 1;
-            }
-            if !marked.contains(partition) {
-                continue;
-            }
-            let marker = Marker {
-                store: self.store_id.clone(),
-                positions: snapshot.partition_positions(&self.source_key, *partition)?,
-            };
-            if !self.try_send(*partition, MARKER_KEY, Some(&codec::encode(&marker))) {
-                broken = true;
-                break 'round;
-            }
-            sent += 1;
-        }
-        self.round = Some(Round {
-            seqs,
-            seed_next,
-            seed_keys: seed_keys.len() as u64,
-            sent,
-            acknowledged: 0,
-            failed: 0,
-            broken,
-        });
-        self.collect(applier);
+        let (reply, outcome) = mpsc::sync_channel(1);
+        self.rounds.send(Job {
+            // A snapshot of its own, as of the same commit: the round thread reads from it
+            // while the writer goes on.
+            snapshot: applier.store().reader()?,
+            seqs: seqs.clone(),
+            seed: seed.map(|s| s.for_round(owned)),
+            owned: owned.clone(),
+            outcome: reply,
+        })?;
+        self.round = Some(Round { seqs, outcome });
         Ok(())
     }
 
     /// Waits (up to a bound) for the round in flight, as before partitions are released or at
     /// shutdown, so the changelog holds everything committed.
     /// False when the round is still unacknowledged after the wait.
-    pub fn finish(&mut self, applier: &mut Applier) -> bool {
-        if self.round.is_some() {
-            await_deliveries(&self.producer, FLUSH_WAIT);
-            self.collect(applier);
-        }
-        self.round.is_none()
+    pub fn finish(&mut self, applier: &mut Applier) -> Result<bool> {
+        self.collect(applier, FLUSH_WAIT)?;
+        Ok(self.round.is_none())
     }
 
-    /// Takes the acknowledgements that arrived; a complete round's rows leave the outbox with
-    /// the next checkpoint, a round with failures is sent again.
-    fn collect(&mut self, applier: &mut Applier) {
-        serve_reports(&self.producer);
-        let outcomes = self.producer.context().take();
-        let Some(round) = &mut self.round else {
-            return;
+    /// Takes the round's outcome if the round thread has reported it within `wait`: a complete
+    /// round's rows leave the outbox with the next checkpoint, a round with failures is sent
+    /// again.
+    fn collect(&mut self, applier: &mut Applier, wait: Duration) -> Result<()> {
+        let Some(round) = &self.round else {
+            return Ok(());
         };
-        for (_, outcome) in outcomes {
-            match outcome {
-                Ok(_) => round.acknowledged += 1,
-                Err(_) => round.failed += 1,
-            }
-        }
-        if round.acknowledged + round.failed < round.sent {
-            return;
-        }
+        let sent = match round.outcome.recv_timeout(wait) {
+            Ok(sent) => sent,
+            Err(mpsc::RecvTimeoutError::Timeout) => return Ok(()),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(StreamError::Source(format!(
+                "changelog {}: the round thread stopped",
+                self.topic
+            ))),
+        };
         let round = self.round.take().expect("checked above");
-        self.counts.records_sent += round.acknowledged;
-        if round.failed == 0 && !round.broken {
+        let sent = sent?;
+        self.counts.records_sent += sent.acknowledged;
+        if sent.complete() {
             self.counts.rounds += 1;
             self.unsent = self.unsent.saturating_sub(round.seqs.len() as u64);
             self.removing.extend(round.seqs.iter().copied());
             applier.stage_changes_delivered(round.seqs);
-            if let Some(next) = round.seed_next {
-                self.counts.seed_keys_sent += round.seed_keys;
+            if let Some(next) = sent.seed_next {
+                self.counts.seed_keys_sent += sent.seed_keys;
                 self.seed_sendable &= next.is_some();
                 applier.stage_changelog_seed(next.clone());
                 self.seed = Some(next);
@@ -431,48 +406,13 @@ impl Changelog {
         } else {
             let message = format!(
                 "changelog {}: {} of {} records not acknowledged; the round is sent again after the next checkpoint",
-                self.topic, round.failed, round.sent
+                self.topic,
+                sent.sent - sent.acknowledged,
+                sent.sent
             );
             warn_limited(&mut self.last_warning, message);
         }
-    }
-
-    /// Enqueues one record; on an error, warns and returns false (nothing more is sent this
-    /// round; what went out is waited for, then the whole round is sent again).
-    fn try_send(&mut self, partition: u32, key: &str, value: Option<&[u8]>) -> bool {
-        match self.send(partition, key, value) {
-            Ok(()) => true,
-            Err(e) => {
-                warn_limited(&mut self.last_warning, e.to_string());
-                false
-            }
-        }
-    }
-
-    fn send(&mut self, partition: u32, key: &str, value: Option<&[u8]>) -> Result<()> {
-        let opaque = self.next_opaque;
-        self.next_opaque += 1;
-        let mut record = BaseRecord::with_opaque_to(&self.topic, Box::new(opaque))
-            .partition(partition as i32)
-            .key(key);
-        if let Some(v) = value {
-            record = record.payload(v);
-        }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    await_room(&self.producer, QUEUE_FULL_WAIT);
-                }
-                Err((e, _)) => {
-                    return Err(StreamError::Source(format!(
-                        "changelog produce to {}: {e}",
-                        self.topic
-                    )));
-                }
-            }
-        }
+        Ok(())
     }
 
     /// Reads changelog partitions `partitions` to their ends, together: for each, the state its
@@ -549,6 +489,191 @@ impl Changelog {
             }
         }
         Ok(out)
+    }
+}
+
+/// The thread that sends rounds, one at a time, so the writer goes on applying meanwhile.
+struct RoundThread {
+    jobs: Option<mpsc::Sender<Job>>,
+    /// Set on drop: a round waiting for acknowledgements (a broker away) gives up.
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RoundThread {
+    fn start(mut producer: RoundProducer) -> Result<Self> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("changelog".into())
+            .spawn(move || {
+                for job in queue {
+                    let outcome = producer.round(&job, &stopped);
+                    // The writer may have gone (shutdown): nobody waits for the outcome.
+                    let _ = job.outcome.send(outcome);
+                }
+            })
+            .map_err(|e| StreamError::Source(format!("changelog thread: {e}")))?;
+        Ok(Self {
+            jobs: Some(jobs),
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, job: Job) -> Result<()> {
+        self.jobs
+            .as_ref()
+            .and_then(|jobs| jobs.send(job).ok())
+            .ok_or_else(|| StreamError::Source("the changelog round thread stopped".into()))
+    }
+}
+
+impl Drop for RoundThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The round thread's side: the producer, and what a round's records need.
+struct RoundProducer {
+    producer: BaseProducer<DeliveryLog>,
+    topic: String,
+    store_id: String,
+    source_key: String,
+    /// Keys of the seed per round.
+    seed_batch: usize,
+    next_opaque: u64,
+    last_warning: Option<Instant>,
+}
+
+impl RoundProducer {
+    /// Produces the values of the job's outbox rows and the seed's next slice, with a marker
+    /// per partition that gets one (see [`Changelog::after_checkpoint`]), then waits for every
+    /// acknowledgement, or for `stop`.
+    fn round(&mut self, job: &Job, stop: &AtomicBool) -> Result<Sent> {
+        let Job {
+            snapshot,
+            seqs,
+            seed,
+            owned,
+            ..
+        } = job;
+        let rows = if seqs.is_empty() {
+            Vec::new()
+        } else {
+            snapshot.pending_changes()?
+        };
+        let mut seed_keys = Vec::new();
+        let seed_next = match seed {
+            Some(from) => {
+                let next = snapshot.state_keys_after(&from.cursor, self.seed_batch, |key| {
+                    if owned.contains(&key.partition) {
+                        seed_keys.push(key);
+                    }
+                })?;
+                // A covered partition not owned now had its keys in this slice passed over.
+                Some(next.map(|cursor| ChangelogSeed {
+                    cursor,
+                    covers: owned.clone(),
+                }))
+            }
+            None => None,
+        };
+        let grouped = by_partition(
+            rows.iter()
+                .filter(|(seq, _)| seqs.contains(seq))
+                .flat_map(|(_, keys)| keys)
+                .chain(&seed_keys),
+        );
+        let marked: BTreeSet<u32> = match &seed_next {
+            Some(Some(_)) => BTreeSet::new(),
+            Some(None) => owned.clone(),
+            None => grouped.keys().copied().collect(),
+        };
+        let no_keys = Vec::new();
+        let partitions: BTreeSet<u32> = grouped.keys().chain(&marked).copied().collect();
+        let mut out = Sent {
+            seed_next,
+            seed_keys: seed_keys.len() as u64,
+            sent: 0,
+            acknowledged: 0,
+            failed: 0,
+            broken: false,
+        };
+        'round: for partition in partitions.iter().filter(|p| owned.contains(p)) {
+            for (kind, key) in grouped.get(partition).unwrap_or(&no_keys) {
+                let value = value_of(snapshot, *partition, *kind, key)?;
+                if !self.try_send(*partition, &record_key(*kind, key), value.as_deref()) {
+                    out.broken = true;
+                    break 'round;
+                }
+                out.sent += 1;
+            }
+            if !marked.contains(partition) {
+                continue;
+            }
+            let marker = Marker {
+                store: self.store_id.clone(),
+                positions: snapshot.partition_positions(&self.source_key, *partition)?,
+            };
+            if !self.try_send(*partition, MARKER_KEY, Some(&codec::encode(&marker))) {
+                out.broken = true;
+                break 'round;
+            }
+            out.sent += 1;
+        }
+        while !await_deliveries(&self.producer, STOP_CHECK) && !stop.load(Ordering::Relaxed) {}
+        for (_, outcome) in self.producer.context().take() {
+            match outcome {
+                Ok(_) => out.acknowledged += 1,
+                Err(_) => out.failed += 1,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Enqueues one record; on an error, warns and returns false (nothing more is sent this
+    /// round; what went out is waited for, then the whole round is sent again).
+    fn try_send(&mut self, partition: u32, key: &str, value: Option<&[u8]>) -> bool {
+        match self.send(partition, key, value) {
+            Ok(()) => true,
+            Err(e) => {
+                warn_limited(&mut self.last_warning, e.to_string());
+                false
+            }
+        }
+    }
+
+    fn send(&mut self, partition: u32, key: &str, value: Option<&[u8]>) -> Result<()> {
+        let opaque = self.next_opaque;
+        self.next_opaque += 1;
+        let mut record = BaseRecord::with_opaque_to(&self.topic, Box::new(opaque))
+            .partition(partition as i32)
+            .key(key);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    await_room(&self.producer, QUEUE_FULL_WAIT);
+                }
+                Err((e, _)) => {
+                    return Err(StreamError::Source(format!(
+                        "changelog produce to {}: {e}",
+                        self.topic
+                    )));
+                }
+            }
+        }
     }
 }
 
@@ -682,12 +807,9 @@ mod tests {
     use patron_core::time::now_millis;
     use patron_store::Store;
 
-    /// A checkpoint can come before the first assignment (deliveries left from the last run);
-    /// the topic is not known yet, so the outbox rows must stay for it, not count as sent.
-    #[test]
-    fn outbox_rows_wait_for_the_first_assignment() {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        let store = Store::open(dir.path().join("state.redb")).expect("a store");
+    /// A store tracking changes, with one purchase committed: one outbox row.
+    fn one_committed_change(dir: &std::path::Path) -> (Store, Applier) {
+        let store = Store::open(dir.join("state.redb")).expect("a store");
         let mut applier =
             Applier::open(store.clone(), ApplyContext::default()).expect("an applier");
         applier.track_changes().expect("tracking");
@@ -699,6 +821,15 @@ mod tests {
             .expect("an event");
         applier.apply(&event, 0).expect("applied");
         applier.checkpoint().expect("a checkpoint");
+        (store, applier)
+    }
+
+    /// A checkpoint can come before the first assignment (deliveries left from the last run);
+    /// the topic is not known yet, so the outbox rows must stay for it, not count as sent.
+    #[test]
+    fn outbox_rows_wait_for_the_first_assignment() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (store, mut applier) = one_committed_change(dir.path());
         let pending = || {
             store
                 .reader()
@@ -720,6 +851,55 @@ mod tests {
         );
         applier.checkpoint().expect("a checkpoint");
         assert_eq!(pending().len(), 1, "the row waits for the topic");
+    }
+
+    /// A round the broker never acknowledges (none listens) stays in flight without holding up
+    /// the writer, keeps its rows in the outbox, and does not keep the process from stopping.
+    #[test]
+    fn an_unacknowledged_round_keeps_its_rows_and_lets_the_writer_stop() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (store, mut applier) = one_committed_change(dir.path());
+
+        let mut changelog =
+            Changelog::open("127.0.0.1:9", "events", "kafka:events", "store", 10).expect("opened");
+        // As if `prepare` had found the topic: the round goes to a broker that is not there.
+        changelog.topic_state = TopicState::Ready;
+        let owned = BTreeSet::from([0]);
+        changelog
+            .after_checkpoint(&mut applier, &owned, true)
+            .expect("after the checkpoint");
+        assert!(changelog.round.is_some(), "a round is in flight");
+        // The writer goes on: another checkpoint, and the round is still in flight.
+        applier.checkpoint().expect("a checkpoint");
+        changelog
+            .after_checkpoint(&mut applier, &owned, true)
+            .expect("after the checkpoint");
+        assert!(changelog.round.is_some() && changelog.owed());
+        assert_eq!(changelog.pending(), 1);
+        assert_eq!(changelog.counts.rounds, 0);
+        applier.checkpoint().expect("a checkpoint");
+        let rows = store
+            .reader()
+            .expect("a reader")
+            .pending_changes()
+            .expect("rows");
+        assert_eq!(
+            rows.len(),
+            1,
+            "the row stays until its round is acknowledged"
+        );
+
+        // Stopping ends the round thread's wait. A liveness bound, not a timing: it fails only
+        // if the drop never returns.
+        let (done, dropped) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(changelog);
+            let _ = done.send(());
+        });
+        assert!(
+            dropped.recv_timeout(Duration::from_secs(60)).is_ok(),
+            "dropping the changelog returned"
+        );
     }
 
     fn marker(next_offset: u64) -> Vec<u8> {

@@ -1290,7 +1290,7 @@ impl Writer {
                 return Ok(());
             };
             // Unacknowledged after the wait (a broker away): the rows stay for the next start.
-            if !changelog.finish(&mut self.applier) || changelog.pending() == 0 {
+            if !changelog.finish(&mut self.applier)? || changelog.pending() == 0 {
                 break;
             }
             self.checkpoint()?;
