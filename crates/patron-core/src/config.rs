@@ -108,9 +108,10 @@ pub struct CheckpointConfig {
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     /// Records applied between two checkpoints at most. Large by default: `serve` checkpoints
-    /// by `interval`, and a replay, which checkpoints at least 10 s apart, is bounded by its
-    /// profile cache instead (each checkpoint rewrites most profiles when events are in time
-    /// order, so frequent ones cost far more than they save).
+    /// by `interval`, and a replay paces its checkpoints by their cost (at least 10 s apart,
+    /// and applying about nine times as long as the next checkpoint is expected to take) and is
+    /// bounded by its profile cache (each checkpoint rewrites most profiles when events are in
+    /// time order, so frequent ones cost far more than they save).
     pub max_events: u64,
 }
 
@@ -118,7 +119,7 @@ impl Default for CheckpointConfig {
     fn default() -> Self {
         Self {
             interval: Duration::from_secs(1),
-            max_events: 5_000_000,
+            max_events: 50_000_000,
         }
     }
 }

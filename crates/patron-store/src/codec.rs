@@ -5,6 +5,7 @@
 //! found, dropped or rebuilt on its own.
 
 use patron_core::state::CustomerState;
+use patron_core::time::Millis;
 use serde::{Deserialize, Serialize};
 
 use crate::{Result, StoreError};
@@ -28,6 +29,24 @@ pub fn encode_profile(scope: u32, state: &CustomerState) -> Vec<u8> {
 pub fn decode_profile(key: &str, bytes: &[u8]) -> Result<(u32, CustomerState)> {
     let r: ProfileRecord = postcard::from_bytes(bytes).map_err(|e| corrupt("customers", key, e))?;
     Ok((r.scope, r.state))
+}
+
+/// The leading fields of a profile record: its partition and the state's first fields, in
+/// their encoded order (postcard has no field names, so a prefix decodes on its own).
+#[derive(Deserialize)]
+struct ProfileHead {
+    _scope: u32,
+    _first_purchase: Option<Millis>,
+    _last_purchase: Option<Millis>,
+    frequency: u32,
+}
+
+/// Whether a profile record is a customer's ([`CustomerState::is_customer`]: a purchase),
+/// without decoding the rest of the state.
+pub fn profile_is_customer(key: &str, bytes: &[u8]) -> Result<bool> {
+    let (head, _) = postcard::take_from_bytes::<ProfileHead>(bytes)
+        .map_err(|e| corrupt("customers", key, e))?;
+    Ok(head.frequency > 0)
 }
 
 /// The owning partition of a profile record, without decoding the state.
@@ -91,5 +110,42 @@ mod tests {
             let back: DecayedCounter = decode("test", key, &expected).expect("decodes");
             assert_eq!(back, counter);
         }
+    }
+
+    /// The head decoder reads the same fields as the whole record's: a visitor, a customer with
+    /// one purchase, and one whose times and count take the longest varints.
+    #[test]
+    fn a_profile_head_tells_customers_as_the_whole_record_does() {
+        let visitor = CustomerState::default();
+        let buyer = CustomerState {
+            first_purchase: Some(1_700_000_000_000),
+            last_purchase: Some(1_700_000_000_000),
+            frequency: 1,
+            ..CustomerState::default()
+        };
+        let extreme = CustomerState {
+            first_purchase: Some(Millis::MIN),
+            last_purchase: Some(Millis::MAX),
+            frequency: u32::MAX,
+            ..CustomerState::default()
+        };
+        for (name, state, customer) in [
+            ("visitor", visitor, false),
+            ("buyer", buyer, true),
+            ("extreme", extreme, true),
+        ] {
+            let bytes = encode_profile(u32::MAX, &state);
+            assert_eq!(
+                profile_is_customer(name, &bytes).expect("decodes"),
+                customer,
+                "{name}"
+            );
+            let (_, whole) = decode_profile(name, &bytes).expect("decodes");
+            assert_eq!(whole.is_customer(), customer, "{name}");
+        }
+        assert!(
+            profile_is_customer("cut", &[0x01]).is_err(),
+            "a truncated record"
+        );
     }
 }

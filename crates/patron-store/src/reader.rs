@@ -145,6 +145,18 @@ impl StoreReader {
         Ok(self.customers.len()?)
     }
 
+    /// How many profiles the store holds, and how many of them are customers (have bought),
+    /// from one pass that decodes only each record's head.
+    pub fn profile_and_customer_counts(&self) -> Result<(u64, u64)> {
+        let (mut profiles, mut customers) = (0u64, 0u64);
+        for entry in self.customers.iter()? {
+            let (k, v) = entry?;
+            profiles += 1;
+            customers += u64::from(codec::profile_is_customer(k.value(), v.value())?);
+        }
+        Ok((profiles, customers))
+    }
+
     /// Calls `f` for every profile in customer-id order.
     pub fn for_each_profile(&self, mut f: impl FnMut(&str, u32, CustomerState)) -> Result<()> {
         self.for_each_profile_digest(|id, scope, _, state| f(id, scope, state))

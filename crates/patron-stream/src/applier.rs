@@ -38,6 +38,9 @@ struct CachedProfile {
     /// `None` once merged into another profile or erased; deleted at the next checkpoint.
     state: Option<CustomerState>,
     dirty: bool,
+    /// The applier's clock at the last event that looked this profile up: a cache over its
+    /// limit keeps the most recently used profiles.
+    used: u64,
 }
 
 /// What one checkpoint wrote.
@@ -72,8 +75,11 @@ pub struct Applier {
     counters: StoreCounters,
     positions: HashMap<(String, u32), SourcePosition>,
     uncommitted: u64,
-    /// Profiles kept in memory across checkpoints; above it the cache is dropped after a commit.
+    /// Profiles kept in memory across checkpoints; above it a commit evicts the least recently
+    /// used ones.
     cache_limit: usize,
+    /// Counts profile lookups; stamps [`CachedProfile::used`].
+    clock: u64,
     /// Outbox changes and singletons to write with the next checkpoint.
     staged: Staged,
     /// Identity work for other instances (see [`route`]).
@@ -146,6 +152,7 @@ impl Applier {
             positions: HashMap::new(),
             uncommitted: 0,
             cache_limit: 500_000,
+            clock: 0,
             staged: Staged::default(),
             routes: route::Routes::default(),
             changes: None,
@@ -259,6 +266,11 @@ impl Applier {
     }
 
     /// Records that have been applied (or rejected) since the last checkpoint.
+    /// Profiles held in memory (dirty or not).
+    pub fn cached_profiles(&self) -> usize {
+        self.profiles.len()
+    }
+
     pub fn uncommitted(&self) -> u64 {
         self.uncommitted
     }
@@ -332,6 +344,8 @@ impl Applier {
     }
 
     fn load(&mut self, id: &str, scope: u32) -> Result<&mut CachedProfile> {
+        self.clock += 1;
+        let used = self.clock;
         let entry = match self.profiles.entry_ref(id) {
             EntryRef::Occupied(cached) => cached.into_mut(),
             EntryRef::Vacant(slot) => {
@@ -340,16 +354,19 @@ impl Applier {
                         scope: p.scope,
                         state: Some(p.state),
                         dirty: false,
+                        used,
                     },
                     None => CachedProfile {
                         scope,
                         state: None,
                         dirty: false,
+                        used,
                     },
                 };
                 slot.insert_with_key(CompactString::from(id), Box::new(cached))
             }
         };
+        entry.used = used;
         if entry.state.is_none() {
             // A profile that does not exist (yet, or any more) belongs to the partition of the
             // record that creates it, whatever an earlier lookup assumed.
@@ -644,6 +661,24 @@ impl Applier {
         }
     }
 
+    /// Shrinks a cache over its limit to the limit, keeping the profiles used last; the rest are
+    /// read back from the store when an event needs them. Called right after a commit, when no
+    /// cached profile is dirty. (Dropping the whole cache instead made every later event read
+    /// its profile back: a replay of 500,000 customers, just over the limit with anonymous
+    /// visitors, read them all again after its first checkpoint.)
+    fn evict_least_recently_used(&mut self) {
+        let Some(excess) = self.profiles.len().checked_sub(self.cache_limit) else {
+            return;
+        };
+        if excess == 0 {
+            return;
+        }
+        let mut stamps: Vec<u64> = self.profiles.values().map(|p| p.used).collect();
+        // Stamps are distinct, so exactly `cache_limit` profiles are at or above this one.
+        let (_, &mut oldest_kept, _) = stamps.select_nth_unstable(excess);
+        self.profiles.retain(|_, p| p.used >= oldest_kept);
+    }
+
     /// Commits everything since the last checkpoint, with the positions that produced it.
     pub fn checkpoint(&mut self) -> Result<CheckpointStats> {
         let started = std::time::Instant::now();
@@ -711,10 +746,7 @@ impl Applier {
         self.snapshot = self.store.reader()?;
         self.links.committed();
         self.profiles.retain(|_, p| p.state.is_some());
-        if self.profiles.len() > self.cache_limit {
-            self.profiles.clear();
-            self.daily.clear();
-        }
+        self.evict_least_recently_used();
         self.uncommitted = 0;
         Ok(CheckpointStats {
             profiles: cp.profiles.len(),
@@ -807,9 +839,9 @@ pub(crate) mod tests {
     }
 
     /// A cache limited to 2 profiles is full above 4 (twice the limit); the checkpoint then
-    /// drops it, and later events read the committed states back from the store.
+    /// keeps the 2 used last, and later events read the others back from the store.
     #[test]
-    fn a_full_cache_is_reported_until_a_checkpoint_drops_it() {
+    fn a_full_cache_keeps_the_profiles_used_last() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let store = Store::open(dir.path().join("state.redb")).expect("a store");
         let mut applier = Applier::open(store.clone(), ApplyContext::default())
@@ -820,14 +852,18 @@ pub(crate) mod tests {
             assert!(!applier.cache_full(), "{i} profiles cached");
             applier.apply(&purchase(id, 1), 0).expect("applied");
         }
+        applier.apply(&purchase("c2", 2), 0).expect("applied");
         assert!(applier.cache_full(), "5 profiles cached, limit 2");
         let stats = applier.checkpoint().expect("a checkpoint");
         assert_eq!(stats.profiles, 5);
-        assert!(!applier.cache_full(), "the checkpoint dropped the cache");
+        assert!(!applier.cache_full(), "the checkpoint shrank the cache");
+        let mut cached: Vec<&str> = applier.profiles.keys().map(|k| k.as_str()).collect();
+        cached.sort_unstable();
+        assert_eq!(cached, ["c2", "c5"], "the two used last");
         applier.apply(&purchase("c1", 2), 0).expect("applied");
         applier.checkpoint().expect("a checkpoint");
         let reader = store.reader().expect("a reader");
-        for (id, frequency) in [("c1", 2), ("c2", 1), ("c5", 1)] {
+        for (id, frequency) in [("c1", 2), ("c2", 2), ("c3", 1), ("c5", 1)] {
             let profile = reader.profile(id).expect("read").expect("a profile");
             assert_eq!(profile.state.frequency, frequency, "{id}");
         }

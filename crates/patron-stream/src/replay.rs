@@ -19,7 +19,7 @@ use patron_core::time::now_millis;
 use patron_store::{SourcePosition, Store};
 use rayon::prelude::*;
 
-use crate::applier::Applier;
+use crate::applier::{Applier, CheckpointStats};
 use crate::dead_letter::DeadLetterFile;
 use crate::input::{
     CsvInput, CsvMapping, Input, InputFormat, JsonlReader, ParquetInput, RawBatch, fingerprint,
@@ -27,6 +27,56 @@ use crate::input::{
 use crate::{Result, StreamError};
 
 pub(crate) const REPLAY_MIN_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// When a replay (of files, or of a topic to its end) checkpoints before its end.
+///
+/// With events in time order almost every checkpoint rewrites most cached profiles, so a
+/// checkpoint costs about the size of the state, not the work since the last one: 4 s for a
+/// first write of 500,000 profiles (docs/BENCHMARKS.md, File replay). A replay checkpoints no
+/// sooner than `[checkpoint] interval` (raised to 10 s) and than [`Self::COST_FACTOR`] times
+/// what the next checkpoint is expected to cost, so checkpoints before the last take at most
+/// about a tenth of the run. A crash re-reads the input since the last checkpoint: at most 10 s,
+/// or about 70 s with a full cache. `max_events` and a full cache still checkpoint at once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReplayPacing {
+    interval: Duration,
+    /// What a checkpoint costs per profile written: learnt from the last large one.
+    per_profile: Duration,
+}
+
+impl ReplayPacing {
+    /// Applying goes on this many times as long as a checkpoint takes.
+    pub(crate) const COST_FACTOR: u32 = 9;
+    /// The cost per profile before any is measured: a first write of 500,000 profiles took 4 s.
+    const PRIOR_PER_PROFILE: Duration = Duration::from_micros(8);
+    /// Smaller checkpoints are mostly fixed costs (the commit's sync) and teach nothing.
+    const LEARN_FROM_PROFILES: usize = 10_000;
+
+    pub(crate) fn new(configured: Duration) -> Self {
+        Self {
+            interval: configured.max(REPLAY_MIN_CHECKPOINT_INTERVAL),
+            per_profile: Self::PRIOR_PER_PROFILE,
+        }
+    }
+
+    /// The least time from one checkpoint to the next, with what `applier` holds now.
+    pub(crate) fn min_gap(&self, applier: &Applier) -> Duration {
+        // Profiles dirtied since the last checkpoint: at most one per record applied, and at
+        // most what the cache holds.
+        let dirty = applier.uncommitted().min(applier.cached_profiles() as u64);
+        let expected = self
+            .per_profile
+            .saturating_mul(u32::try_from(dirty).unwrap_or(u32::MAX));
+        self.interval
+            .max(expected.saturating_mul(Self::COST_FACTOR))
+    }
+
+    pub(crate) fn observe(&mut self, stats: CheckpointStats) {
+        if stats.profiles >= Self::LEARN_FROM_PROFILES {
+            self.per_profile = stats.duration / stats.profiles as u32;
+        }
+    }
+}
 
 /// Replay over files always applies as partition 0 of its source.
 pub const FILE_PARTITION: u32 = 0;
@@ -162,15 +212,7 @@ pub fn replay(
     }
 
     let max_events = config.checkpoint.max_events.max(1);
-    // A replay re-reads its input after a crash, so frequent checkpoints only buy a shorter
-    // re-read while costing B-tree rewrites: with events in time order, each checkpoint
-    // rewrites most of the profiles. It checkpoints at least 10 s apart, every `max_events`
-    // records, and when the profile cache is full (which bounds its memory). `serve` uses the
-    // configured interval as it is.
-    let interval = config
-        .checkpoint
-        .interval
-        .max(REPLAY_MIN_CHECKPOINT_INTERVAL);
+    let mut pacing = ReplayPacing::new(config.checkpoint.interval);
     let mut last_checkpoint = Instant::now();
     'files: for (path, source, fp, start, skip_bytes, mut input) in plans {
         let mut report = FileReport {
@@ -257,8 +299,10 @@ pub fn replay(
                     next_offset: batch.end_offset,
                     incarnation: fp.clone(),
                 });
-                if applier.needs_checkpoint(max_events) || last_checkpoint.elapsed() >= interval {
-                    checkpoint(&mut applier, &mut dead, &mut summary)?;
+                if applier.needs_checkpoint(max_events)
+                    || last_checkpoint.elapsed() >= pacing.min_gap(&applier)
+                {
+                    pacing.observe(checkpoint(&mut applier, &mut dead, &mut summary)?);
                     last_checkpoint = Instant::now();
                 }
             }
@@ -273,15 +317,8 @@ pub fn replay(
         }
     }
 
-    let reader = applier.store().reader()?;
-    let mut customers = 0u64;
-    let mut profiles = 0u64;
-    reader.for_each_profile(|_, _, s| {
-        profiles += 1;
-        customers += u64::from(s.is_customer());
-    })?;
-    summary.customers = customers;
-    summary.profiles = profiles;
+    (summary.profiles, summary.customers) =
+        applier.store().reader()?.profile_and_customer_counts()?;
     summary.elapsed = started.elapsed();
     Ok(summary)
 }
@@ -290,11 +327,73 @@ fn checkpoint(
     applier: &mut Applier,
     dead: &mut DeadLetterFile,
     summary: &mut ReplaySummary,
-) -> Result<()> {
+) -> Result<CheckpointStats> {
     let len = dead.flush()?;
     applier.set_dead_letter_len(&dead.key(), len);
     let stats = applier.checkpoint()?;
     summary.checkpoints += 1;
     summary.checkpoint_max = summary.checkpoint_max.max(stats.duration);
-    Ok(())
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use patron_core::decode::Decoder;
+    use patron_core::state::ApplyContext;
+    use patron_core::time::now_millis;
+    use patron_store::Store;
+
+    use super::*;
+
+    fn applier_with_customers(dir: &std::path::Path, n: usize) -> Applier {
+        let store = Store::open(dir.join("state.redb")).expect("a store");
+        let mut applier = Applier::open(store, ApplyContext::default()).expect("an applier");
+        let decoder = Decoder::default();
+        for i in 0..n {
+            let json = format!(
+                r#"{{"type":"purchase","event_id":"e{i}","ts":"2025-03-01T10:00:00Z","customer_id":"c{i}","amount":"10.00"}}"#
+            );
+            let event = decoder
+                .decode(json.as_bytes(), now_millis())
+                .expect("a valid purchase");
+            applier.apply(&event, FILE_PARTITION).expect("applied");
+        }
+        applier
+    }
+
+    /// The gap is the interval (raised to 10 s) until nine times the expected checkpoint is
+    /// longer; the expected cost per profile is learnt from large checkpoints only.
+    #[test]
+    fn a_replay_applies_nine_times_as_long_as_its_next_checkpoint_takes() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut pacing = ReplayPacing::new(Duration::from_secs(1));
+        let empty = applier_with_customers(dir.path(), 0);
+        assert_eq!(pacing.min_gap(&empty), Duration::from_secs(10));
+        drop(empty);
+
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let applier = applier_with_customers(dir.path(), 20_000);
+        // The prior, 8 us a profile: 20,000 profiles are 0.16 s, times 9 is 1.44 s < 10 s.
+        assert_eq!(pacing.min_gap(&applier), Duration::from_secs(10));
+        // A large checkpoint measured 2 s for 20,000 profiles: 100 us each, so 2 s expected,
+        // and 18 s before the next.
+        pacing.observe(CheckpointStats {
+            profiles: 20_000,
+            duration: Duration::from_secs(2),
+        });
+        assert_eq!(pacing.min_gap(&applier), Duration::from_secs(18));
+        // A small one is mostly its sync: it does not change the estimate.
+        pacing.observe(CheckpointStats {
+            profiles: 5,
+            duration: Duration::from_secs(1),
+        });
+        assert_eq!(pacing.min_gap(&applier), Duration::from_secs(18));
+        // A configured interval longer than that wins.
+        let mut slow = ReplayPacing::new(Duration::from_secs(60));
+        slow.observe(CheckpointStats {
+            profiles: 20_000,
+            duration: Duration::from_secs(2),
+        });
+        assert_eq!(slow.min_gap(&applier), Duration::from_secs(60));
+    }
 }

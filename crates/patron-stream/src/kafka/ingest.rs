@@ -41,6 +41,7 @@ use super::routes::{RouteForwarder, RouteHeader, RouteMarks, parse_route};
 use super::status::{ChangelogStatus, IdentityRoutingStatus, IngestStatus, ReasonLabel};
 use super::{KafkaSource, client_config, partition_count};
 use crate::applier::{Applier, Placement};
+use crate::replay::ReplayPacing;
 use crate::{Result, StreamError};
 
 /// Records per decoded batch, and the longest a partial batch waits.
@@ -623,14 +624,12 @@ pub fn run(
         offsets: BTreeMap::new(),
         summary: IngestSummary::default(),
         max_events: config.checkpoint.max_events.max(1),
+        interval: config.checkpoint.interval.max(Duration::from_millis(10)),
         // A replay from the topic checkpoints as rarely as one from files (see there); `serve`
         // keeps the configured interval, which is how stale its answers may be.
-        interval: match opts.mode {
-            Mode::UntilEnd => config
-                .checkpoint
-                .interval
-                .max(crate::replay::REPLAY_MIN_CHECKPOINT_INTERVAL),
-            Mode::Follow => config.checkpoint.interval.max(Duration::from_millis(10)),
+        replay_pacing: match opts.mode {
+            Mode::UntilEnd => Some(ReplayPacing::new(config.checkpoint.interval)),
+            Mode::Follow => None,
         },
         last_checkpoint: Instant::now(),
         records_at_checkpoint: 0,
@@ -991,6 +990,8 @@ struct Writer {
     summary: IngestSummary,
     max_events: u64,
     interval: Duration,
+    /// `replay --from-kafka`: when to checkpoint before the end (`None` for `serve`).
+    replay_pacing: Option<ReplayPacing>,
     last_checkpoint: Instant,
     records_at_checkpoint: u64,
     /// The consumer reached the end of every partition with the batches received so far
@@ -1305,6 +1306,9 @@ impl Writer {
     /// committed offsets to the end of the log, and sends identity records on their way a whole
     /// interval sooner.
     fn checkpoint_interval(&self, work: &Receiver<Work>) -> Duration {
+        if let Some(pacing) = &self.replay_pacing {
+            return pacing.min_gap(&self.applier);
+        }
         let unsaved = self.summary.records > self.records_at_checkpoint;
         match self.catch_up.gap(self.interval, Instant::now()) {
             Some(gap) if self.caught_up && unsaved && work.is_empty() => gap,
@@ -1401,6 +1405,9 @@ impl Writer {
         self.summary.routed_out += self.routes.before_checkpoint(&mut self.applier);
         self.forwarder.before_checkpoint(&mut self.applier);
         let stats = self.applier.checkpoint()?;
+        if let Some(pacing) = &mut self.replay_pacing {
+            pacing.observe(stats);
+        }
         let offsets: Vec<(u32, u64)> = self.offsets.iter().map(|(p, n)| (*p, *n)).collect();
         self.status
             .committed(self.applier.counters(), &offsets, stats.duration);
