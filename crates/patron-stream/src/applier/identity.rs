@@ -20,7 +20,7 @@
 //! [`patron_store::tables::LEGACY_SCOPE`], which every record sees, until the writer knows the
 //! partition count; then they move to their home scopes ([`Applier::rehome_legacy`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::hash::BuildHasher;
 
 use foldhash::fast::FixedState;
@@ -33,13 +33,13 @@ use crate::Result;
 
 /// Values by id, each under one or more scopes (a link usually has one or two).
 pub(super) struct Scoped<T> {
-    by_id: HashMap<String, Vec<(u32, T)>>,
+    by_id: super::HashMap<String, Vec<(u32, T)>>,
 }
 
 impl<T> Default for Scoped<T> {
     fn default() -> Self {
         Self {
-            by_id: HashMap::new(),
+            by_id: super::HashMap::default(),
         }
     }
 }
