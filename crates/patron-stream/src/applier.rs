@@ -268,12 +268,12 @@ impl Applier {
         &self.erasure.counters
     }
 
-    /// Records that have been applied (or rejected) since the last checkpoint.
     /// Profiles held in memory (dirty or not).
     pub fn cached_profiles(&self) -> usize {
         self.profiles.len()
     }
 
+    /// Records that have been applied (or rejected) since the last checkpoint.
     pub fn uncommitted(&self) -> u64 {
         self.uncommitted
     }

@@ -73,7 +73,7 @@ impl ReplayPacing {
 
     pub(crate) fn observe(&mut self, stats: CheckpointStats) {
         if stats.profiles >= Self::LEARN_FROM_PROFILES {
-            self.per_profile = stats.duration / stats.profiles as u32;
+            self.per_profile = stats.duration / u32::try_from(stats.profiles).unwrap_or(u32::MAX);
         }
     }
 }
