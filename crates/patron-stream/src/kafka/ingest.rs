@@ -1352,7 +1352,7 @@ impl Writer {
     /// (another instance owned it since, or this store never had it), that state replaces the
     /// store's, and reading resumes from the changelog's position instead of the store's.
     fn restore_if_behind(&mut self, partitions: &[u32]) -> Result<()> {
-        let Some(changelog) = &self.changelog else {
+        let Some(changelog) = &mut self.changelog else {
             return Ok(());
         };
         let mut checkpointed = false;

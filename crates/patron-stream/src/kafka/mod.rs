@@ -106,16 +106,30 @@ pub(crate) fn fresh_id(salt: &str) -> String {
     format!("{mixed:016x}")
 }
 
-/// Creates `topic` with `partitions` partitions, compacted, unless it exists. Returns its
-/// partition count.
-pub(crate) fn ensure_compacted_topic(brokers: &str, topic: &str, partitions: u32) -> Result<u32> {
+/// A topic [`ensure_compacted_topic`] found or made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EnsuredTopic {
+    pub partitions: u32,
+    /// This call created it, so it holds no records yet.
+    pub created: bool,
+}
+
+/// Creates `topic` with `partitions` partitions, compacted, unless it exists.
+pub(crate) fn ensure_compacted_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: u32,
+) -> Result<EnsuredTopic> {
     let consumer: BaseConsumer = client_config(brokers)
         .create()
         .map_err(|e| StreamError::Source(format!("kafka client: {e}")))?;
     let existing = |consumer: &BaseConsumer| partition_count(consumer, topic).unwrap_or(0);
     let found = existing(&consumer);
     if found > 0 {
-        return Ok(found);
+        return Ok(EnsuredTopic {
+            partitions: found,
+            created: false,
+        });
     }
     let admin: AdminClient<DefaultClientContext> = client_config(brokers)
         .create()
@@ -135,9 +149,17 @@ pub(crate) fn ensure_compacted_topic(brokers: &str, topic: &str, partitions: u32
             .block_on(admin.create_topics([new], &AdminOptions::new()))
             .map_err(|e| StreamError::Source(format!("create {topic}: {e}")))?;
         match results.into_iter().next() {
-            Some(Ok(_)) | None => return Ok(partitions.max(1)),
+            Some(Ok(_)) | None => {
+                return Ok(EnsuredTopic {
+                    partitions: partitions.max(1),
+                    created: true,
+                });
+            }
             Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => {
-                return Ok(existing(&consumer).max(1));
+                return Ok(EnsuredTopic {
+                    partitions: existing(&consumer).max(1),
+                    created: false,
+                });
             }
             Some(Err((_, code))) => last = code.to_string(),
         }
