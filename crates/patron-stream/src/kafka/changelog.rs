@@ -426,12 +426,14 @@ impl Changelog {
     /// last marker confirms, or `None` when it holds no marker (nothing was ever written).
     pub fn read(&mut self, partitions: &[u32]) -> Result<BTreeMap<u32, Option<Found>>> {
         let mut out: BTreeMap<u32, Option<Found>> = BTreeMap::new();
+        // Taken whatever this assignment holds: later ones read the topic, as other instances
+        // may have written to it since.
+        let created_empty = std::mem::take(&mut self.created_empty);
         if !self.ready() || partitions.is_empty() {
             return Ok(out);
         }
-        if std::mem::take(&mut self.created_empty) {
-            // Created by this instance at this assignment: no owner ever wrote to it. Later
-            // assignments read it, as other instances may have written since.
+        if created_empty {
+            // Created by this instance at this assignment: no owner ever wrote to it.
             return Ok(partitions.iter().map(|&p| (p, None)).collect());
         }
         let consumer: BaseConsumer<EndIsNoError> = client_config(&self.brokers)
@@ -876,6 +878,10 @@ mod tests {
         let found = changelog.read(&[0, 3]).expect("no broker needed");
         assert_eq!(found.keys().copied().collect::<Vec<_>>(), [0, 3]);
         assert!(found.values().all(Option::is_none));
+        assert!(!changelog.created_empty, "later assignments read the topic");
+        // An empty assignment spends the shortcut too.
+        changelog.created_empty = true;
+        assert!(changelog.read(&[]).expect("nothing to read").is_empty());
         assert!(!changelog.created_empty, "later assignments read the topic");
     }
 
