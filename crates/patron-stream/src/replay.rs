@@ -26,7 +26,7 @@ use crate::input::{
 };
 use crate::{Result, StreamError};
 
-pub(crate) const REPLAY_MIN_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+const REPLAY_MIN_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// When a replay (of files, or of a topic to its end) checkpoints before its end.
 ///
@@ -46,7 +46,7 @@ pub(crate) struct ReplayPacing {
 
 impl ReplayPacing {
     /// Applying goes on this many times as long as a checkpoint takes.
-    pub(crate) const COST_FACTOR: u32 = 9;
+    const COST_FACTOR: u32 = 9;
     /// The cost per profile before any is measured: a first write of 500,000 profiles took 4 s.
     const PRIOR_PER_PROFILE: Duration = Duration::from_micros(8);
     /// Smaller checkpoints are mostly fixed costs (the commit's sync) and teach nothing.
